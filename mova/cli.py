@@ -1,0 +1,67 @@
+"""The ``mova`` command line: ``mova model-info CONFIG`` and ``mova demo``.
+
+Later stages (training, evaluation, release) add their sub-commands to :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from mova.errors import MovaError
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def register_command(name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None],
+                     run: Callable[[argparse.Namespace], int]) -> None:
+    """Add a sub-command: ``add_args`` fills its parser, ``run`` executes it and returns an exit code."""
+    COMMANDS[name] = (help_text, add_args, run)
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a preset name (tiny) or a model YAML file")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. experts.1.position_scheme=share_all")
+
+
+def _info_run(args: argparse.Namespace) -> int:
+    from mova.config import load_model_config
+    from mova.model.info import format_info, model_info
+
+    print(format_info(model_info(load_model_config(args.config, args.overrides))))
+    return 0
+
+
+register_command("model-info", "print each expert's tokens, positions and parameters", _info_args, _info_run)
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="tiny", help="preset name or model YAML (default: tiny)")
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from mova.demo import run_demo
+
+    run_demo(args.config)
+    return 0
+
+
+register_command("demo", "build the model, run a batch through it, print the model table", _demo_args, _demo_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mova", description="Poly-visual-expert VLM training and alignment")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_args, _) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except MovaError as e:
+        print(f"mova {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Typed configuration dataclasses, loadable from YAML with ``key=value`` command-line overrides.
+
+A model config names its visual experts, its fusion network and its LLM. It is plain data: building a
+:class:`~mova.model.modeling_mova.MovaConfig` from it, or reporting its token budget, needs no weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from mova.errors import ConfigError
+
+
+@dataclass
+class ExpertConfig:
+    """One frozen visual expert.
+
+    ``model`` names the architecture in the family's own library (an open_clip model name, a SAM
+    ``vit_b``/``vit_l``/``vit_h``, a timm model name, a LayoutLMv3 hub id or folder); ``pretrained``
+    names the weights (a local path, a hub id, or an open_clip tag such as ``openai``). With ``tiny``
+    the family builds a small randomly initialised encoder for tests and the demo.
+    """
+
+    family: str
+    name: str | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    tiny: bool = False
+    image_size: int | None = None
+    #: which transformer layer's tokens to use (-1: last, -2: penultimate as in LLaVA).
+    feature_layer: int = -1
+    #: apply the encoder's final norm to the chosen layer (open_clip's ``ln_post``).
+    final_norm: bool = False
+    use_cls: bool = False
+    #: k x k average pooling of the patch grid before fusion (1: none).
+    pool: int = 1
+    position_scheme: str = "full"
+    frozen: bool = True
+    #: ``ocr_text`` only: at most this many word-piece tokens per image.
+    max_tokens: int = 64
+    #: extra keyword arguments for the family's model constructor.
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            self.name = self.family
+        if self.pool < 1:
+            raise ConfigError(f"expert {self.name!r}: pool must be >= 1, got {self.pool}")
+
+
+@dataclass
+class FusionConfig:
+    """The trainable bridge from expert features to the LLM's embedding space.
+
+    ``mlp``: one 2-layer GELU projector per expert, token groups concatenated in config order.
+    ``qformer``: ``num_queries`` learned queries cross-attend over every expert's projected features
+    (plus an embedding per expert) and give a fixed number of tokens.
+    """
+
+    type: str = "mlp"
+    num_queries: int = 32
+    num_layers: int = 2
+    num_heads: int = 4
+    hidden_size: int | None = None  # q-former width; defaults to the LLM width
+    #: position scheme of the q-former's output tokens (seen as a 1 x num_queries grid).
+    position_scheme: str = "full"
+
+
+@dataclass
+class LLMConfig:
+    """The causal LLM: a hub id or local folder (``name_or_path``) and/or an inline config."""
+
+    name_or_path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    #: tokenizer folder or hub id; defaults to ``name_or_path``.
+    tokenizer: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    """A whole poly-expert VLM: experts, fusion network, LLM and prompt template."""
+
+    experts: list[ExpertConfig] = field(default_factory=list)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    template: str = "vicuna_v1"
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        names = [e.name for e in self.experts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"expert names must be unique; repeated: {dupes} (set `name:` on each)")
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict, naming the unknown key if there is one."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        hint = hints[key]
+        sub = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = value if isinstance(value, hint) else from_dict(hint, value or {}, sub)
+        elif key == "experts":
+            kwargs[key] = [e if isinstance(e, ExpertConfig) else from_dict(ExpertConfig, e, f"{sub}[{i}]")
+                           for i, e in enumerate(value or [])]
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a nested dict (list items addressed by index)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = data
+        for part in path[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        last = path[-1]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with path.open() as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def load_model_config(source: str | Path, overrides: list[str] | None = None) -> ModelConfig:
+    """A preset name (``tiny``, ...) or a YAML file; a file may hold the model under ``model:``.
+
+    Relative paths inside the file (``llm.name_or_path``, ``pretrained``) resolve against the file's
+    folder when they exist there, so recipes can ship with small local files beside them.
+    """
+    from mova.presets import PRESETS, preset_dict
+
+    if str(source) in PRESETS:
+        data = preset_dict(str(source))
+        base = None
+    else:
+        data = load_yaml(source)
+        data = data.get("model", data)
+        base = Path(source).resolve().parent
+    data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
+    cfg = from_dict(ModelConfig, data, "model")
+    if base is not None:
+        _resolve_relative(cfg, base)
+    return cfg
+
+
+def _resolve_relative(cfg: ModelConfig, base: Path) -> None:
+    def fix(p: str | None) -> str | None:
+        if p and not Path(p).is_absolute() and (base / p).exists():
+            return str(base / p)
+        return p
+
+    cfg.llm.name_or_path = fix(cfg.llm.name_or_path)
+    cfg.llm.tokenizer = fix(cfg.llm.tokenizer)
+    for e in cfg.experts:
+        e.pretrained = fix(e.pretrained)
+        e.model = fix(e.model)

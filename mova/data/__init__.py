@@ -1,0 +1,1 @@
+"""Data formats, chat templates and collators."""

@@ -1,0 +1,109 @@
+"""The visual-expert interface and the registry that maps a family name to its class.
+
+An expert is a frozen image encoder seen through one small interface:
+
+* ``image_transform()`` turns a PIL image into the ``[3, H, W]`` tensor the encoder expects
+  (resizing tiny or huge images to the encoder's resolution);
+* ``forward(pixels)`` returns ``[B, N, D]`` features, ``N = num_prefix_tokens + h * w``;
+* ``grid`` is the ``(h, w)`` patch grid, ``hidden_size`` is ``D``.
+
+Experts are built without weights first (random init, or on the ``meta`` device when only their shapes
+are needed, as ``mova model-info`` does) and then ``load_pretrained()`` fills in real weights from
+``cfg.pretrained`` with the library users already use for that family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+
+from mova.config import ExpertConfig
+from mova.errors import UnknownNameError
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+class VisualExpert(nn.Module):
+    """Base class of every expert family; subclasses set ``family`` and implement the abstract parts."""
+
+    family: ClassVar[str] = ""
+    #: ``"pixels"`` experts take ``[B, 3, H, W]`` tensors; ``"ocr"`` experts read words off the image.
+    input_kind: ClassVar[str] = "pixels"
+
+    def __init__(self, cfg: ExpertConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    # --- shape facts -------------------------------------------------------------------------
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid ``(h, w)`` of the features (prefix tokens such as CLS excluded)."""
+        raise NotImplementedError
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the grid (CLS) that ``forward`` returns; 0 unless ``cfg.use_cls``."""
+        return 0
+
+    @property
+    def hidden_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def num_tokens(self) -> int:
+        h, w = self.grid
+        return self.num_prefix_tokens + h * w
+
+    # --- behaviour ---------------------------------------------------------------------------
+    def image_transform(self) -> ImageTransform:
+        raise NotImplementedError
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def load_pretrained(self) -> None:
+        """Load ``cfg.pretrained`` (local path or hub id) into this module."""
+        raise NotImplementedError
+
+    def freeze(self) -> None:
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> VisualExpert:
+        # A frozen expert stays in eval mode (dropout, norm statistics) even inside model.train().
+        return super().train(mode and not self.cfg.frozen)
+
+
+EXPERT_REGISTRY: dict[str, type[VisualExpert]] = {}
+
+
+def register_expert(cls: type[VisualExpert]) -> type[VisualExpert]:
+    """Class decorator: make ``cls`` buildable by its ``family`` name."""
+    EXPERT_REGISTRY[cls.family] = cls
+    return cls
+
+
+def expert_class(family: str) -> type[VisualExpert]:
+    # Importing the package registers the built-in families.
+    import mova.model.experts  # noqa: F401
+
+    if family not in EXPERT_REGISTRY:
+        raise UnknownNameError("expert family", family, EXPERT_REGISTRY)
+    return EXPERT_REGISTRY[family]
+
+
+def build_expert(cfg: ExpertConfig, load_weights: bool = False) -> VisualExpert:
+    """Build the expert of ``cfg.family``; with ``load_weights`` also load ``cfg.pretrained``.
+
+    Frozen experts (the default) have ``requires_grad=False`` and stay in eval mode.
+    """
+    expert = expert_class(cfg.family)(cfg)
+    if load_weights and cfg.pretrained:
+        expert.load_pretrained()
+    if cfg.frozen:
+        expert.freeze()
+    return expert

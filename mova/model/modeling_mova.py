@@ -1,0 +1,244 @@
+"""``MovaConfig`` / ``MovaForCausalLM``: frozen visual experts + fusion network + any causal LLM.
+
+The model follows the transformers conventions so that users keep their tools: ``save_pretrained`` /
+``from_pretrained`` in safetensors, ``AutoConfig`` / ``AutoModelForCausalLM`` registration,
+``generate()`` with a KV cache, gradient checkpointing, ``dtype`` and ``attn_implementation``.
+
+Images enter as ``<image>`` tokens that the processor has already expanded to the right count, so
+every tensor (ids, mask, labels, position ids) has its final length before the LLM runs: the model
+embeds the text, scatters the fusion network's visual tokens into the image-token slots, and gives the
+LLM position ids from the configured compression schemes (:mod:`mova.model.positions`). Text-only calls
+go straight to the wrapped LLM and behave exactly like it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from mova.config import ExpertConfig, FusionConfig
+from mova.errors import PlaceholderMismatchError
+from mova.model.experts import build_expert
+from mova.model.fusion import VisualTokens, build_fusion, build_layout
+from mova.model.layout import BlockSpec, VisualLayout
+from mova.model.positions import position_ids_from_layout
+
+#: keys of ``MovaConfig.experts`` entries that are measured shapes, not ``ExpertConfig`` fields.
+SHAPE_KEYS = ("grid", "num_prefix_tokens", "hidden_size", "input_kind")
+
+
+class MovaConfig(PreTrainedConfig):
+    """Configuration of a :class:`MovaForCausalLM`.
+
+    ``experts`` holds one dict per expert: the :class:`~mova.config.ExpertConfig` fields plus its
+    measured shapes (``grid``, ``num_prefix_tokens``, ``hidden_size``, ``input_kind``), recorded when the
+    config is built so that the processor and ``mova model-info`` never need to build an encoder.
+    ``fusion`` holds the :class:`~mova.config.FusionConfig` fields.
+    """
+
+    model_type = "mova"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+    text_config: dict | PreTrainedConfig | None = None
+    experts: list | None = None
+    fusion: dict | None = None
+    image_token_id: int = 0
+    template: str = "vicuna_v1"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self.experts = list(self.experts or [])
+        self.fusion = dict(self.fusion or {})
+        if self.text_config is not None and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+    def expert_configs(self) -> list[ExpertConfig]:
+        return [ExpertConfig(**{k: v for k, v in e.items() if k not in SHAPE_KEYS}) for e in self.experts]
+
+    def fusion_config(self) -> FusionConfig:
+        return FusionConfig(**self.fusion)
+
+    def blocks(self) -> list[BlockSpec]:
+        return [BlockSpec.from_dict(e) for e in self.experts]
+
+    def layout(self) -> VisualLayout:
+        return build_layout(self.blocks(), self.fusion_config())
+
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.text_config, "max_position_embeddings", None)
+
+
+class MovaPreTrainedModel(PreTrainedModel):
+    config: MovaConfig
+    config_class = MovaConfig
+    base_model_prefix = "mova"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The LLM initialises itself (it is a PreTrainedModel child), experts keep their library's
+        # init or loaded weights, and the fusion network initialises itself in its constructor.
+        return None
+
+
+class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
+    """Poly-visual-expert VLM: ``experts`` (frozen) -> ``fusion`` (trainable) -> ``language_model``."""
+
+    def __init__(self, config: MovaConfig, language_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        # A loaded LLM can be handed in so that a 7B model is not first built with random weights.
+        self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        self.experts = nn.ModuleDict({c.name: build_expert(c) for c in config.expert_configs()})
+        self.fusion = build_fusion(config.blocks(), config.text_config.hidden_size, config.fusion_config())
+        self.layout = config.layout()
+        self.post_init()
+
+    # --- embeddings plumbing (transformers' resize / tie / generation helpers use these) -------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    # --- images ---------------------------------------------------------------------------------
+    def _ocr_lengths(self, images: dict[str, torch.Tensor] | None, num_images: int) -> list[tuple[int, ...]]:
+        ocr = [b.name for b in self.layout.ocr_blocks]
+        if not ocr:
+            return [()] * num_images
+        lens = [(images[f"{n}.input_ids"] >= 0).sum(-1).tolist() for n in ocr]
+        return [tuple(int(col[i]) for col in lens) for i in range(num_images)]
+
+    def _num_images(self, images: dict[str, torch.Tensor] | None) -> int:
+        if not images:
+            return 0
+        for b in self.config.blocks():
+            key = b.name if b.input_kind == "pixels" else f"{b.name}.input_ids"
+            if key not in images:
+                raise KeyError(f"images has no entry {key!r} for expert {b.name!r}; given: {sorted(images)}")
+        return int(next(iter(images.values())).shape[0])
+
+    def encode_images(self, images: dict[str, torch.Tensor]) -> VisualTokens:
+        """Run the experts (no grad when frozen) and the fusion network over a batch of images."""
+        num_images = self._num_images(images)
+        features: dict[str, torch.Tensor] = {}
+        ocr_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, expert in self.experts.items():
+            if expert.input_kind == "ocr":
+                ocr_inputs[name] = (images[f"{name}.input_ids"].to(self.device), images[f"{name}.boxes"].to(self.device))
+                continue
+            param = next(expert.parameters(), None)
+            pixels = images[name].to(self.device, dtype=param.dtype if param is not None else None)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not expert.cfg.frozen):
+                features[name] = expert(pixels)
+        return self.fusion(features, ocr_inputs, self.get_input_embeddings(), num_images)
+
+    def visual_layout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      images: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token ``(local, advance)`` of a whole batch: 0/1 for text, the layout for image tokens."""
+        image_mask = input_ids == self.config.image_token_id
+        num_images = self._num_images(images)
+        vis_local, vis_adv = self.layout.batch(self._ocr_lengths(images, num_images))
+        found = int(image_mask.sum())
+        if found != vis_local.numel():
+            raise PlaceholderMismatchError(
+                f"input_ids hold {found} image tokens but the {num_images} image(s) given make "
+                f"{vis_local.numel()} visual tokens; build inputs with MovaProcessor (beam search and "
+                "num_return_sequences > 1 do not expand images)")
+        advance = attention_mask.long().clone() if attention_mask is not None else torch.ones_like(input_ids)
+        local = torch.zeros_like(input_ids)
+        local[image_mask] = vis_local.to(input_ids.device)
+        advance[image_mask] = vis_adv.to(input_ids.device)
+        return local, advance
+
+    def compute_position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                             images: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Position ids under the experts' schemes; padding (mask 0) gets 0 and advances nothing."""
+        local, advance = self.visual_layout(input_ids, attention_mask, images)
+        pos = position_ids_from_layout(local, advance)
+        if attention_mask is not None:
+            pos = pos.masked_fill(attention_mask == 0, 0)
+        return pos
+
+    # --- forward / generate ---------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        images: dict[str, torch.Tensor] | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Like the wrapped LLM's forward, plus ``images`` for the ``<image>`` tokens in ``input_ids``.
+
+        When continuing a KV cache by hand, pass ``position_ids`` (``generate()`` does this for you):
+        with compressed schemes the next id is not the cache length.
+        """
+        if "past_key_values" in kwargs:
+            cache = kwargs.pop("past_key_values")
+        if inputs_embeds is None and input_ids is not None:
+            image_mask = input_ids == self.config.image_token_id
+            if image_mask.any():
+                if images is None:
+                    raise PlaceholderMismatchError("input_ids contain image tokens but no images were given")
+                if position_ids is None:
+                    position_ids = self.compute_position_ids(input_ids, attention_mask, images)
+                else:
+                    self.visual_layout(input_ids, attention_mask, images)  # validates the token count
+                visual = self.encode_images(images)
+                embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
+                inputs_embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual.embeds.to(embeds.dtype))
+                input_ids = None
+                if labels is not None:
+                    labels = labels.masked_fill(image_mask, -100)
+        return self.language_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor: torch.Tensor, model_kwargs: dict) -> torch.Tensor:
+        # generate() builds prompt position ids from the attention mask alone, which is wrong for a
+        # compressed scheme; later steps extend the last id by one, which the layout makes correct.
+        images = model_kwargs.get("images")
+        if images and inputs_tensor.dtype == torch.long and (inputs_tensor == self.config.image_token_id).any():
+            return self.compute_position_ids(inputs_tensor, model_kwargs.get("attention_mask"), images)
+        return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` know the ``mova`` model type (idempotent)."""
+    try:
+        AutoConfig.register("mova", MovaConfig)
+    except ValueError:
+        pass
+    try:
+        AutoModelForCausalLM.register(MovaConfig, MovaForCausalLM)
+    except ValueError:
+        pass

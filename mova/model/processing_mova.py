@@ -1,0 +1,236 @@
+"""``MovaProcessor``: tokenizer + one image transform per expert + OCR + chat template.
+
+It turns prompts with ``<image>`` placeholders and their images into model inputs: each placeholder
+becomes as many image tokens as the fusion network will emit for that image, so ids, mask and (later)
+labels have their final length; ``images`` carries one pixel tensor per pixel expert and, for the
+``ocr_text`` expert, the word-piece ids (``-1`` padded) and word boxes. It refuses what it cannot
+process faithfully: unreadable images, placeholder/image count mismatches, and sequences whose
+positions exceed the LLM's context (visual tokens are never cut).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+
+from mova.data.templates import IMAGE_PLACEHOLDER, render_text
+from mova.errors import ImageLoadError, PlaceholderMismatchError, SequenceTooLongError
+from mova.model.experts import build_expert
+from mova.model.modeling_mova import MovaConfig
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR_FILE = "mova_processor.json"
+ImageInput = Image.Image | str | Path
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent areas become white rather than black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """Open a path (or pass a PIL image through) as RGB, with an error naming a bad file."""
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    path = Path(image)
+    if not path.is_file():
+        raise ImageLoadError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageLoadError(f"cannot read image {path}: {e}") from e
+
+
+class MovaProcessor:
+    """Prepare ``(text, images)`` for :class:`~mova.model.modeling_mova.MovaForCausalLM`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: MovaConfig, padding_side: str = "left"):
+        self.tokenizer = tokenizer
+        self.config = config
+        self.padding_side = padding_side
+        self.layout = config.layout()
+        self.image_token = IMAGE_PLACEHOLDER
+        self.image_token_id = config.image_token_id
+        self.template = config.template
+        # Transforms need only the experts' architectures: build them on the meta device (no memory).
+        with torch.device("meta"):
+            experts = [build_expert(c) for c in config.expert_configs()]
+        self.transforms = {e.cfg.name: e.image_transform() for e in experts if e.input_kind == "pixels"}
+        self.ocr_experts = {e.cfg.name: e for e in experts if e.input_kind == "ocr"}
+        for e in self.ocr_experts.values():
+            e.to_empty(device="cpu")
+        self._warned_ocr_cap = False
+
+    # --- persistence ---------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(path)
+        (path / PROCESSOR_FILE).write_text(json.dumps({"padding_side": self.padding_side}, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config: MovaConfig | None = None, **kwargs: Any) -> MovaProcessor:
+        path = Path(path)
+        config = config or MovaConfig.from_pretrained(path)
+        options = json.loads((path / PROCESSOR_FILE).read_text()) if (path / PROCESSOR_FILE).is_file() else {}
+        options.update(kwargs)
+        return cls(AutoTokenizer.from_pretrained(path), config, **options)
+
+    # --- templates -----------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                            template: str | None = None) -> str:
+        return render_text(template or self.template, messages, self.tokenizer, add_generation_prompt)
+
+    # --- images --------------------------------------------------------------------------------
+    def ocr_tokens(self, image: Image.Image) -> dict[str, tuple[list[int], list[list[float]]]]:
+        """Per OCR expert: word-piece ids of the words read off ``image`` and each piece's word box."""
+        out = {}
+        for name, expert in self.ocr_experts.items():
+            ids: list[int] = []
+            boxes: list[list[float]] = []
+            for k, word in enumerate(expert.read(image)):
+                pieces = self.tokenizer((" " if k else "") + word.text, add_special_tokens=False).input_ids
+                ids += pieces
+                boxes += [list(word.box)] * len(pieces)
+            cap = expert.cfg.max_tokens
+            if len(ids) > cap:
+                if not self._warned_ocr_cap:
+                    logger.warning("OCR expert %r read %d word pieces; keeping the first %d (max_tokens)",
+                                   name, len(ids), cap)
+                    self._warned_ocr_cap = True
+                ids, boxes = ids[:cap], boxes[:cap]
+            out[name] = (ids, boxes)
+        return out
+
+    def process_images(self, images: list[Image.Image]) -> tuple[dict[str, torch.Tensor], list[tuple[int, ...]]]:
+        """The ``images`` dict for the model, and each image's OCR token counts (one per OCR expert)."""
+        batch: dict[str, torch.Tensor] = {}
+        for name, transform in self.transforms.items():
+            batch[name] = torch.stack([transform(img) for img in images]) if images else torch.zeros(0)
+        ocr = [self.ocr_tokens(img) for img in images]
+        lengths = [tuple(len(o[n][0]) for n in self.ocr_experts) for o in ocr]
+        for name in self.ocr_experts:
+            width = max([len(o[name][0]) for o in ocr] + [1])
+            ids = torch.full((len(images), width), -1, dtype=torch.long)
+            boxes = torch.zeros(len(images), width, 4)
+            for i, o in enumerate(ocr):
+                n = len(o[name][0])
+                if n:
+                    ids[i, :n] = torch.tensor(o[name][0])
+                    boxes[i, :n] = torch.tensor(o[name][1])
+            batch[f"{name}.input_ids"], batch[f"{name}.boxes"] = ids, boxes
+        return batch, lengths
+
+    # --- text ----------------------------------------------------------------------------------
+    def _group_images(self, texts: list[str], images: Any) -> list[list[ImageInput]]:
+        counts = [t.count(self.image_token) for t in texts]
+        if images is None:
+            images = []
+        if isinstance(images, (Image.Image, str, Path)):
+            images = [images]
+        images = list(images)
+        if images and all(isinstance(x, (list, tuple)) for x in images):
+            if len(images) != len(texts):
+                raise PlaceholderMismatchError(f"got image lists for {len(images)} samples but {len(texts)} texts")
+            grouped = [list(x) for x in images]
+        else:
+            if len(images) != sum(counts):
+                raise PlaceholderMismatchError(
+                    f"the texts hold {sum(counts)} {self.image_token} placeholder(s) (per sample: {counts}) "
+                    f"but {len(images)} image(s) were given")
+            it = iter(images)
+            grouped = [[next(it) for _ in range(c)] for c in counts]
+        for i, (c, g) in enumerate(zip(counts, grouped)):
+            if c != len(g):
+                raise PlaceholderMismatchError(
+                    f"sample {i} has {c} {self.image_token} placeholder(s) but {len(g)} image(s)")
+        return grouped
+
+    def _encode(self, text: str, ocr_lengths: list[tuple[int, ...]], add_special_tokens: bool) -> list[int]:
+        ids: list[int] = []
+        if add_special_tokens and self.tokenizer.bos_token_id is not None:
+            ids.append(self.tokenizer.bos_token_id)
+        chunks = text.split(self.image_token)
+        for j, chunk in enumerate(chunks):
+            if chunk:
+                ids += self.tokenizer(chunk, add_special_tokens=False).input_ids
+            if j < len(chunks) - 1:
+                ids += [self.image_token_id] * self.layout.num_tokens(ocr_lengths[j])
+        return ids
+
+    def __call__(
+        self,
+        text: str | list[str],
+        images: Any = None,
+        padding_side: str | None = None,
+        add_special_tokens: bool = True,
+        return_tensors: str = "pt",
+    ) -> BatchFeature:
+        """Tokenize ``text`` (one prompt or a batch), expanding each ``<image>`` for its image.
+
+        ``images``: one image, a flat list consumed in placeholder order across the batch, or one list
+        per sample. Each image is a PIL image or a file path. Returns ``input_ids``, ``attention_mask``
+        and ``images`` (a dict of tensors; absent when no sample has an image).
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        grouped = self._group_images(texts, images)
+        flat = [load_image(img) for group in grouped for img in group]
+        pixel_batch, ocr_lengths = self.process_images(flat)
+        seqs = []
+        start = 0
+        for i, t in enumerate(texts):
+            n = len(grouped[i])
+            ids = self._encode(t, ocr_lengths[start:start + n], add_special_tokens)
+            self._check_length(i, ids, ocr_lengths[start:start + n])
+            seqs.append(ids)
+            start += n
+        side = padding_side or self.padding_side
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id or 0
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+            input_ids[i, sl] = torch.tensor(s, dtype=torch.long)
+            mask[i, sl] = 1
+        data: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
+        if flat:
+            data["images"] = pixel_batch
+        return BatchFeature(data=data, tensor_type=None if return_tensors == "pt" else return_tensors)
+
+    def _check_length(self, index: int, ids: list[int], ocr_lengths: list[tuple[int, ...]]) -> None:
+        limit = self.config.max_positions
+        if limit is None:
+            return
+        visual_tokens = sum(self.layout.num_tokens(o) for o in ocr_lengths)
+        visual_positions = sum(self.layout.num_positions(o) for o in ocr_lengths)
+        text_tokens = len(ids) - visual_tokens
+        used = text_tokens + visual_positions
+        if used > limit:
+            raise SequenceTooLongError(
+                f"sample {index}: {text_tokens} text tokens + {visual_tokens} visual tokens using "
+                f"{visual_positions} positions = {used} positions, over the LLM's context of {limit}; "
+                "shorten the text, use fewer images, or a compressed position scheme")
+
+    def batch_decode(self, ids: torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)

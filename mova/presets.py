@@ -1,0 +1,47 @@
+"""Named model presets: ``tiny`` builds every expert family and a small Llama in seconds on a CPU."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from mova.errors import UnknownNameError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+TINY_TOKENIZER = ASSETS / "tiny-tokenizer"
+
+TINY_LLM: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 512,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "experts": [
+            {"family": "clip", "tiny": True, "position_scheme": "full"},
+            {"family": "sam", "tiny": True, "position_scheme": "share_by_row"},
+            {"family": "layoutlmv3", "tiny": True, "position_scheme": "full"},
+            {"family": "timm", "tiny": True, "position_scheme": "full"},
+            {"family": "ocr_text", "max_tokens": 16, "position_scheme": "full"},
+        ],
+        "fusion": {"type": "mlp"},
+        "llm": {"config": TINY_LLM, "tokenizer": str(TINY_TOKENIZER)},
+        "template": "vicuna_v1",
+    },
+}
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """A deep copy of preset ``name`` as a plain dict (safe to override)."""
+    if name not in PRESETS:
+        raise UnknownNameError("preset", name, PRESETS)
+    return copy.deepcopy(PRESETS[name])

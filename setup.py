@@ -1,0 +1,36 @@
+"""Install Mova: ``pip install -e .[dev]`` (tests), ``[deepspeed]`` (multi-GPU), ``[ocr]`` (OCR expert)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mova",
+    version="0.1.0",
+    description="Poly-visual-expert vision-language models: training, safety alignment and evaluation",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mova", "mova.*"]),
+    package_data={"mova": ["assets/tiny-tokenizer/*"]},
+    install_requires=[
+        "torch>=2.4,<=2.14.1",
+        "torchvision>=0.19,<=0.29.1",
+        "transformers>=5.0",
+        "open_clip_torch>=2.24",
+        "segment-anything>=1.0",
+        "timm>=1.0",
+        "pillow>=10",
+        "datasets>=3.0",
+        "safetensors>=0.4",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "numpy",
+    ],
+    extras_require={
+        "ocr": ["rapidocr-onnxruntime>=1.3"],
+        "deepspeed": ["deepspeed>=0.15"],
+        "dev": ["pytest>=8", "ruff>=0.6", "rapidocr-onnxruntime>=1.3"],
+    },
+    entry_points={"console_scripts": ["mova=mova.cli:main"]},
+)
