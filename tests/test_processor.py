@@ -66,7 +66,7 @@ def test_odd_modes_and_sizes_are_converted(processor, tmp_path):
     huge = Image.new("RGB", (3000, 2000), "green")
     path = tmp_path / "gray.png"
     gray.save(path)
-    batch = processor("<image>" * 6, [rgba, pal, gray, tiny, huge, str(path)])
+    batch = processor(["<image>"] * 6, [rgba, pal, gray, tiny, huge, str(path)])
     for name, transform_out in batch["images"].items():
         assert transform_out.shape[0] == 6 and torch.isfinite(transform_out).all(), name
     # a fully transparent image becomes white, not black

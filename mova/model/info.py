@@ -52,30 +52,34 @@ def model_info(cfg: ModelConfig) -> dict:
     mcfg = build_mova_config(cfg)
     layout = mcfg.layout()
     rows: list[ExpertRow] = []
-    with torch.device("meta"):
-        for ecfg, block in zip(mcfg.expert_configs(), mcfg.blocks()):
+    for ecfg, block in zip(mcfg.expert_configs(), mcfg.blocks()):
+        with torch.device("meta"):
             frozen, trainable = count_params(build_expert(ecfg))
-            if block.input_kind == "ocr":
-                tokens, positions, grid = f"<= {ecfg.max_tokens}", f"<= {ecfg.max_tokens}", "words"
-                if block.scheme == "share_all":
-                    positions = "<= 1"
-            else:
-                h, w = block.pooled_grid
-                tokens = str(block.max_tokens)
-                offsets = grid_offsets(block.scheme, (h, w), block.num_prefix_tokens)
-                positions = str(int(offsets.max()) + 1 if offsets.numel() else 0)
-                grid = f"{block.grid[0]}x{block.grid[1]}" + (f"/{block.pool}" if block.pool > 1 else "")
-                if mcfg.fusion_config().type == "qformer":
-                    tokens, positions = f"({tokens})", "(q-former)"
-            rows.append(ExpertRow(block.name, ecfg.family, grid, tokens, block.scheme, positions,
-                                  block.hidden_size, frozen, trainable))
-        fusion = build_fusion(mcfg.blocks(), mcfg.text_config.hidden_size, mcfg.fusion_config())
+        if block.input_kind == "ocr":
+            tokens, positions, grid = f"<={ecfg.max_tokens}", f"<={ecfg.max_tokens}", "words"
+            if block.scheme == "share_all":
+                positions = "<=1"
+        else:
+            h, w = block.pooled_grid
+            tokens = str(block.max_tokens)
+            offsets = grid_offsets(block.scheme, (h, w), block.num_prefix_tokens)
+            positions = str(int(offsets.max()) + 1 if offsets.numel() else 0)
+            grid = f"{block.grid[0]}x{block.grid[1]}" + (f"/{block.pool}" if block.pool > 1 else "")
+            if mcfg.fusion_options().type == "qformer":
+                tokens, positions = f"({tokens})", "(q-former)"
+        rows.append(
+            ExpertRow(
+                block.name, ecfg.family, grid, tokens, block.scheme, positions, block.hidden_size, frozen, trainable
+            )
+        )
+    with torch.device("meta"):
+        fusion = build_fusion(mcfg.blocks(), mcfg.text_config.hidden_size, mcfg.fusion_options())
         llm = AutoModelForCausalLM.from_config(mcfg.text_config)
     ocr_max = tuple(b.max_tokens for b in layout.ocr_blocks)
     ocr_none = tuple(0 for _ in layout.ocr_blocks)
     return {
         "rows": rows,
-        "fusion_type": mcfg.fusion_config().type,
+        "fusion_type": mcfg.fusion_options().type,
         "fusion_params": sum(p.numel() for p in fusion.parameters()),
         "llm_params": sum(p.numel() for p in llm.parameters()),
         "llm_type": mcfg.text_config.model_type,
@@ -91,8 +95,20 @@ def model_info(cfg: ModelConfig) -> dict:
 def format_info(info: dict) -> str:
     """A plain-text table of :func:`model_info`'s result."""
     head = ["expert", "family", "grid", "tokens", "scheme", "positions", "hidden", "frozen", "trainable"]
-    body = [[r.name, r.family, r.grid, r.tokens, r.scheme, r.positions, str(r.hidden), human(r.frozen_params),
-             human(r.trainable_params)] for r in info["rows"]]
+    body = [
+        [
+            r.name,
+            r.family,
+            r.grid,
+            r.tokens,
+            r.scheme,
+            r.positions,
+            str(r.hidden),
+            human(r.frozen_params),
+            human(r.trainable_params),
+        ]
+        for r in info["rows"]
+    ]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
@@ -100,15 +116,17 @@ def format_info(info: dict) -> str:
     def span(lo: int, hi: int) -> str:
         return str(lo) if lo == hi else f"{lo}-{hi}"
 
-    out += [
-        "",
-        f"visual tokens per image : {span(info['tokens_min'], info['tokens_max'])}",
-        f"positions per image     : {span(info['positions_min'], info['positions_max'])}",
-        f"LLM context (positions) : {info['context']}"
-        + (f"  (text budget with one image: {info['context'] - info['positions_max']})" if info["context"] else ""),
-        f"fusion ({info['fusion_type']})      : {human(info['fusion_params'])} trainable",
-        f"LLM ({info['llm_type']}, width {info['llm_hidden']}) : {human(info['llm_params'])}",
-        f"experts                 : {human(sum(r.frozen_params for r in info['rows']))} frozen, "
-        f"{human(sum(r.trainable_params for r in info['rows']))} trainable",
+    context = info["context"]
+    totals = [
+        ("visual tokens per image", span(info["tokens_min"], info["tokens_max"])),
+        ("positions per image", span(info["positions_min"], info["positions_max"])),
+        ("LLM context (positions)", str(context)),
+        ("text budget, one image", str(context - info["positions_max"]) if context else "n/a"),
+        (f"fusion ({info['fusion_type']})", f"{human(info['fusion_params'])} trainable"),
+        (f"LLM ({info['llm_type']}, width {info['llm_hidden']})", human(info["llm_params"])),
+        ("experts", f"{human(sum(r.frozen_params for r in info['rows']))} frozen, "
+                    f"{human(sum(r.trainable_params for r in info['rows']))} trainable"),
     ]
+    pad = max(len(k) for k, _ in totals)
+    out += [""] + [f"{k.ljust(pad)} : {v}" for k, v in totals]
     return "\n".join(out)

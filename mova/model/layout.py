@@ -76,7 +76,9 @@ class VisualLayout:
         self.fusion_type = fusion_type
         self.num_queries = num_queries
         self.qformer_scheme = check_scheme(qformer_scheme)
-        self._static = self._static_offsets()
+        # Layouts are small index tensors: always on the CPU, even when the model is built on meta.
+        with torch.device("cpu"):
+            self._static = self._static_offsets()
 
     @property
     def ocr_blocks(self) -> list[BlockSpec]:
@@ -99,6 +101,10 @@ class VisualLayout:
 
     def image(self, ocr_lengths: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """``(local, advance)`` for one image; ``ocr_lengths`` gives one length per OCR block."""
+        with torch.device("cpu"):
+            return self._image(ocr_lengths)
+
+    def _image(self, ocr_lengths: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         locals_, advances = [], []
         ocr_iter = iter(zip(self.ocr_blocks, ocr_lengths, strict=True) if self.ocr_blocks else ())
         for static in self._static:

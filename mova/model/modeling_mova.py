@@ -60,14 +60,14 @@ class MovaConfig(PreTrainedConfig):
     def expert_configs(self) -> list[ExpertConfig]:
         return [ExpertConfig(**{k: v for k, v in e.items() if k not in SHAPE_KEYS}) for e in self.experts]
 
-    def fusion_config(self) -> FusionConfig:
+    def fusion_options(self) -> FusionConfig:
         return FusionConfig(**self.fusion)
 
     def blocks(self) -> list[BlockSpec]:
         return [BlockSpec.from_dict(e) for e in self.experts]
 
     def layout(self) -> VisualLayout:
-        return build_layout(self.blocks(), self.fusion_config())
+        return build_layout(self.blocks(), self.fusion_options())
 
     @property
     def max_positions(self) -> int | None:
@@ -99,7 +99,7 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
         # A loaded LLM can be handed in so that a 7B model is not first built with random weights.
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
         self.experts = nn.ModuleDict({c.name: build_expert(c) for c in config.expert_configs()})
-        self.fusion = build_fusion(config.blocks(), config.text_config.hidden_size, config.fusion_config())
+        self.fusion = build_fusion(config.blocks(), config.text_config.hidden_size, config.fusion_options())
         self.layout = config.layout()
         self.post_init()
 
@@ -115,6 +115,20 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_output_embeddings(value)
+
+    # --- activation checkpointing: only the LLM's layers are worth recomputing ----------------
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """Checkpoint the LLM's decoder layers (``gradient_checkpointing_enable`` lands here too).
+
+        Frozen experts run without grad and keep no activations, and the fusion network is shallow, so
+        the LLM is where the memory goes.
+        """
+        self.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs,
+                                                            every_n_layers=every_n_layers, offload=offload)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.language_model.activation_checkpointing_disable()
 
     # --- images ---------------------------------------------------------------------------------
     def _ocr_lengths(self, images: dict[str, torch.Tensor] | None, num_images: int) -> list[tuple[int, ...]]:
@@ -140,7 +154,8 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
         ocr_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name, expert in self.experts.items():
             if expert.input_kind == "ocr":
-                ocr_inputs[name] = (images[f"{name}.input_ids"].to(self.device), images[f"{name}.boxes"].to(self.device))
+                ids, boxes = images[f"{name}.input_ids"], images[f"{name}.boxes"]
+                ocr_inputs[name] = (ids.to(self.device), boxes.to(self.device))
                 continue
             param = next(expert.parameters(), None)
             pixels = images[name].to(self.device, dtype=param.dtype if param is not None else None)

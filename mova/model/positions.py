@@ -23,7 +23,7 @@ every cached decoding step.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
