@@ -55,6 +55,11 @@ def run_demo(config: str = "tiny") -> None:
     pos = model.compute_position_ids(ids, batch["attention_mask"], batch["images"])
     print(f"\nbatch of {len(prompts)}: input_ids {tuple(ids.shape)}, {n_img} visual tokens in sample 0, "
           f"last position id {int(pos[0, -1])} (processing {t_proc:.2f}s, OCR included)")
+    ocr_names = list(processor.ocr_experts)
+    if ocr_names:
+        ocr_ids = batch["images"][f"{ocr_names[0]}.input_ids"]
+        read = [processor.tokenizer.decode(row[row >= 0]).strip() or "-" for row in ocr_ids]
+        print(f"OCR expert read, per image: {read}")
     print(f"logits {tuple(out.logits.shape)}; generated (random weights, so the words are noise):")
     for q, text in zip(questions, processor.batch_decode(gen[:, ids.shape[1]:])):
         print(f"  {q!r} -> {text!r}")

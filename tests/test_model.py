@@ -155,3 +155,32 @@ def test_bf16_and_eager_attention():
         out = model(**batch)
     assert out.logits.dtype == torch.bfloat16
     assert torch.isfinite(out.logits.float()).all()
+
+
+def _word_image(word: str):
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (320, 120), "white")
+    ImageDraw.Draw(img).text((20, 30), word, fill="black", font=ImageFont.load_default(size=56))
+    return img
+
+
+def test_ocr_words_become_llm_embedded_tokens_and_generation_stays_exact():
+    model, processor = _build(ocr=True)
+    imgs = [_word_image("HELLO"), random_image(1)]  # the second image has no text: an empty OCR block
+    batch = processor(["<image> read it", "<image> and this one please"], imgs)
+    ids = batch["images"]["ocr_text.input_ids"]
+    read = processor.tokenizer.decode(ids[0][ids[0] >= 0])
+    assert "HELLO" in read.upper()
+    assert (ids[1] >= 0).sum() == 0
+    n = processor.layout.num_tokens
+    assert (batch["input_ids"] == model.config.image_token_id).sum(-1).tolist() == [n(((ids[0] >= 0).sum(),)), n((0,))]
+    # Untrained box embeddings are zero: OCR tokens are exactly the LLM's own embeddings of the words.
+    with torch.no_grad():
+        visual = model.encode_images(batch["images"])
+        ocr_part = visual.embeds[visual.lengths[0] - int((ids[0] >= 0).sum()): visual.lengths[0]]
+        torch.testing.assert_close(ocr_part, model.get_input_embeddings()(ids[0][ids[0] >= 0]))
+        gen = model.generate(**batch, max_new_tokens=3, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=processor.tokenizer.pad_token_id)
+    diff = _max_step_diff(model, batch, gen, lambda s, m: model.compute_position_ids(s, m, batch["images"]))
+    assert diff < 1e-4

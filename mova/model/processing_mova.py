@@ -22,26 +22,13 @@ from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 from mova.data.templates import IMAGE_PLACEHOLDER, render_text
 from mova.errors import ImageLoadError, PlaceholderMismatchError, SequenceTooLongError
 from mova.model.experts import build_expert
+from mova.model.experts.base import to_rgb
 from mova.model.modeling_mova import MovaConfig
 
 logger = logging.getLogger(__name__)
 
 PROCESSOR_FILE = "mova_processor.json"
 ImageInput = Image.Image | str | Path
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; transparent areas become white rather than black."""
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
 
 
 def load_image(image: ImageInput) -> Image.Image:

@@ -13,8 +13,9 @@ from mova.model.experts.base import (
     build_expert,
     expert_class,
     register_expert,
+    to_rgb,
 )
-from mova.model.experts.ocr_text import OcrWord, to_rgb
+from mova.model.experts.ocr_text import OcrWord
 
 __all__ = [
     "EXPERT_REGISTRY",

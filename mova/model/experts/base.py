@@ -15,7 +15,7 @@ are needed, as ``mova model-info`` does) and then ``load_pretrained()`` fills in
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -25,6 +25,32 @@ from mova.config import ExpertConfig
 from mova.errors import UnknownNameError
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparency is composited onto white (as transformers' ``convert_to_rgb``).
+
+    A plain ``convert("RGB")`` would turn transparent pixels into whatever colour they store, usually
+    black, which hides black text on transparent PNGs (screenshots, logos, rendered documents).
+    """
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class RgbTransform:
+    """``to_rgb`` then an optional inner transform; a class (not a closure) so DataLoader workers can pickle it."""
+
+    def __init__(self, inner: Callable[[Image.Image], Any] | None = None):
+        self.inner = inner
+
+    def __call__(self, image: Image.Image) -> Any:
+        image = to_rgb(image)
+        return image if self.inner is None else self.inner(image)
 
 
 class VisualExpert(nn.Module):

@@ -14,6 +14,7 @@ function.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -21,8 +22,7 @@ from torch import nn
 
 from mova.config import ExpertConfig
 from mova.errors import ConfigError, UnknownNameError
-from mova.model.experts.base import ImageTransform, VisualExpert, register_expert
-from mova.model.experts.ocr_text import RgbTransform
+from mova.model.experts.base import ImageTransform, RgbTransform, VisualExpert, register_expert
 
 DEFAULT_MODEL = "ViT-L-14-336"
 #: tiny random tower for tests and the demo: 64 px input, 8 px patches -> 8 x 8 grid, width 64.
@@ -51,6 +51,7 @@ class ClipExpert(VisualExpert):
     def __init__(self, cfg: ExpertConfig):
         super().__init__(cfg)
         import open_clip
+        from open_clip import CLIPVisionCfg
         from open_clip.model import _build_vision_tower  # builds the image tower alone, without the text tower
 
         self.model_name = "tiny" if cfg.tiny else (cfg.model or DEFAULT_MODEL)
@@ -70,6 +71,12 @@ class ClipExpert(VisualExpert):
         kwargs = dict(cfg.kwargs)
         quick_gelu = bool(kwargs.pop("quick_gelu", quick_gelu))
         embed_dim = int(kwargs.pop("embed_dim", embed_dim))
+        known = {f.name for f in dataclasses.fields(CLIPVisionCfg)}
+        if set(kwargs) - known:
+            raise ConfigError(
+                f"clip expert {cfg.name!r}: unknown kwargs {sorted(set(kwargs) - known)}; open_clip's vision_cfg "
+                f"takes {sorted(known)} (plus embed_dim, quick_gelu)"
+            )
         vision_cfg.update(kwargs)
         if cfg.image_size:
             vision_cfg["image_size"] = cfg.image_size

@@ -18,8 +18,7 @@ from PIL import Image
 
 from mova.config import ExpertConfig
 from mova.errors import ConfigError
-from mova.model.experts.base import ImageTransform, VisualExpert, register_expert
-from mova.model.experts.ocr_text import to_rgb
+from mova.model.experts.base import ImageTransform, VisualExpert, register_expert, to_rgb
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ and the words are embedded later by the LLM's own embedding table (in the fusion
 recognition models ship inside the ``rapidocr-onnxruntime`` wheel, so ``load_pretrained`` has nothing
 to do.
 
-This module also holds :func:`to_rgb`, the mode conversion every expert's transform starts with.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,36 +20,10 @@ import torch
 from PIL import Image
 
 from mova.config import ExpertConfig
-from mova.model.experts.base import VisualExpert, register_expert
+from mova.model.experts.base import RgbTransform, VisualExpert, register_expert, to_rgb
 
 DEFAULT_MIN_SCORE = 0.5
 DEFAULT_CACHE_SIZE = 1024
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; transparency is composited onto white (as transformers' ``convert_to_rgb``).
-
-    A plain ``convert("RGB")`` would turn transparent pixels into whatever colour they store, usually
-    black, which hides black text on transparent PNGs (screenshots, logos, rendered documents).
-    """
-    if image.mode == "RGB":
-        return image
-    if "A" in image.getbands() or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-class RgbTransform:
-    """``to_rgb`` then an optional inner transform; a class (not a closure) so DataLoader workers can pickle it."""
-
-    def __init__(self, inner: Callable[[Image.Image], Any] | None = None):
-        self.inner = inner
-
-    def __call__(self, image: Image.Image) -> Any:
-        image = to_rgb(image)
-        return image if self.inner is None else self.inner(image)
 
 
 @dataclass(frozen=True)

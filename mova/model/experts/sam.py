@@ -21,8 +21,7 @@ from torch import nn
 
 from mova.config import ExpertConfig
 from mova.errors import ConfigError, UnknownNameError
-from mova.model.experts.base import ImageTransform, VisualExpert, register_expert
-from mova.model.experts.ocr_text import to_rgb
+from mova.model.experts.base import ImageTransform, VisualExpert, register_expert, to_rgb
 
 #: per-size arguments, as in segment_anything/build_sam.py.
 SAM_ARCHS: dict[str, dict[str, Any]] = {

@@ -18,8 +18,7 @@ from torch import nn
 
 from mova.config import ExpertConfig
 from mova.errors import ConfigError, UnknownNameError
-from mova.model.experts.base import ImageTransform, VisualExpert, register_expert
-from mova.model.experts.ocr_text import to_rgb
+from mova.model.experts.base import ImageTransform, VisualExpert, register_expert, to_rgb
 
 DEFAULT_MODEL = "vit_large_patch14_dinov2.lvd142m"
 #: tiny random ViT for tests and the demo: 56 px, 14 px patches -> 4 x 4 grid (+ CLS), width 64.
