@@ -142,13 +142,18 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
         if not images:
             return 0
         for b in self.config.blocks():
-            key = b.name if b.input_kind == "pixels" else f"{b.name}.input_ids"
-            if key not in images:
-                raise KeyError(f"images has no entry {key!r} for expert {b.name!r}; given: {sorted(images)}")
+            keys = (b.name, f"{b.name}.features") if b.input_kind == "pixels" else (f"{b.name}.input_ids",)
+            if not any(k in images for k in keys):
+                raise KeyError(f"images has no entry {' or '.join(map(repr, keys))} for expert {b.name!r}; "
+                               f"given: {sorted(images)}")
         return int(next(iter(images.values())).shape[0])
 
     def encode_images(self, images: dict[str, torch.Tensor]) -> VisualTokens:
-        """Run the experts (no grad when frozen) and the fusion network over a batch of images."""
+        """Run the experts (no grad when frozen) and the fusion network over a batch of images.
+
+        ``images[f"{name}.features"]`` (``[num_images, N, D]``, e.g. read from a feature cache)
+        replaces running expert ``name``: frozen experts give the same output every time.
+        """
         num_images = self._num_images(images)
         features: dict[str, torch.Tensor] = {}
         ocr_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -156,6 +161,9 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
             if expert.input_kind == "ocr":
                 ids, boxes = images[f"{name}.input_ids"], images[f"{name}.boxes"]
                 ocr_inputs[name] = (ids.to(self.device), boxes.to(self.device))
+                continue
+            if f"{name}.features" in images:
+                features[name] = images[f"{name}.features"].to(self.device)
                 continue
             param = next(expert.parameters(), None)
             pixels = images[name].to(self.device, dtype=param.dtype if param is not None else None)
