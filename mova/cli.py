@@ -50,12 +50,41 @@ def _demo_run(args: argparse.Namespace) -> int:
 register_command("demo", "build the model, run a batch through it, print the model table", _demo_args, _demo_run)
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stage", help="align | sft")
+    p.add_argument("--config", help="a stage YAML (train/configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50 data.skip_bad_records=true")
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    import json
+
+    from mova.config import load_run_config
+    from mova.trainers.stages import run_stage
+
+    summary = run_stage(load_run_config(args.config, args.overrides, stage=args.stage))
+    keys = ("stage", "global_step", "first_loss", "last_loss", "train_runtime_s", "tokens_per_second",
+            "nonfinite_steps_skipped", "data", "final_model")
+    print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
+    return 0
+
+
+register_command("train", "train a stage (align | sft) from a YAML recipe with key=value overrides",
+                 _train_args, _train_run)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mova", description="Poly-visual-expert VLM training and alignment")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args, _) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text, description=help_text))
-    args = parser.parse_args(argv)
+    # key=value overrides may come before or after options (``train sft --config X a=1``).
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if "=" not in e or e.startswith("-")]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         return COMMANDS[args.command][2](args)
     except MovaError as e:

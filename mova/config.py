@@ -99,6 +99,85 @@ class ModelConfig:
         if dupes:
             raise ConfigError(f"expert names must be unique; repeated: {dupes} (set `name:` on each)")
 
+@dataclass
+class DataConfig:
+    """Where the data is and how strictly to treat it."""
+
+    data_path: str = ""
+    image_folder: str | None = None
+    #: chat template; ``None`` means the stage's default (``plain`` for align, the model's for sft).
+    template: str | None = None
+    #: longest sample in tokens (visual tokens included); ``None``: only the LLM's context limits.
+    max_length: int | None = None
+    skip_bad_records: bool = False
+    #: open every image once before training (catches unreadable files early; costs a pass over images).
+    verify_images: bool = True
+    group_by_modality_length: bool = True
+    #: a feature-cache folder (``mova cache-features``): training then never runs the cached experts.
+    feature_cache: str | None = None
+
+
+
+@dataclass
+class LoraConfig:
+    """LoRA through peft for the LLM in ``sft``; ``r: 0`` means full fine-tuning."""
+
+    r: int = 0
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    #: merge the adapters into the LLM when saving the final model.
+    merge: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, checkpointing and reporting; names follow transformers' TrainingArguments."""
+
+    output_dir: str = "runs/tiny"
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 500
+    #: keep the last N checkpoints.
+    save_total_limit: int = 2
+    #: ``latest`` (the newest complete checkpoint in output_dir), a checkpoint path, or null.
+    resume_from_checkpoint: str | None = None
+    #: a DeepSpeed JSON config (scripts/zero2.json, zero3.json, zero3_offload.json).
+    deepspeed: str | None = None
+    #: ``tensorboard`` by default; add ``wandb`` to log there too; ``[]`` logs nowhere.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    dataloader_num_workers: int = 0
+    #: stop after this many non-finite (NaN/inf) losses in a row; each one's step is skipped.
+    max_nonfinite_in_a_row: int = 5
+    #: names of experts to train too (they are frozen otherwise).
+    unfreeze_experts: list[str] = field(default_factory=list)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    use_cpu: bool = False
+
+
+@dataclass
+class RunConfig:
+    """One training stage: the model (a config, or ``init_from`` a saved checkpoint), data, training."""
+
+    stage: str = "align"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    #: a saved Mova checkpoint to start from (e.g. the align stage's ``final`` folder).
+    init_from: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
 
 T = TypeVar("T")
 
@@ -183,6 +262,32 @@ def load_model_config(source: str | Path, overrides: list[str] | None = None) ->
     cfg = from_dict(ModelConfig, data, "model")
     if base is not None:
         _resolve_relative(cfg, base)
+    return cfg
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None, stage: str | None = None) -> RunConfig:
+    """A stage's YAML (``stage``, ``model``, ``init_from``, ``data``, ``train``) plus overrides.
+
+    ``model`` may be a preset name (``model: tiny``) or an inline mapping; relative paths in the file
+    (data, image folder, init_from) resolve against the file's folder when they exist there.
+    """
+    from mova.presets import PRESETS, preset_dict
+
+    data = load_yaml(path) if path else {}
+    if stage is not None:
+        data["stage"] = stage
+    if isinstance(data.get("model"), str):
+        name = data["model"]
+        data["model"] = preset_dict(name) if name in PRESETS else load_yaml(Path(path).parent / name if path else name)
+    data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
+    cfg = from_dict(RunConfig, data, "run")
+    if path:
+        base = Path(path).resolve().parent
+        _resolve_relative(cfg.model, base)
+        for attr in ("data_path", "image_folder", "feature_cache"):
+            value = getattr(cfg.data, attr)
+            if value and not Path(value).is_absolute() and (base / value).exists():
+                setattr(cfg.data, attr, str(base / value))
     return cfg
 
 

@@ -151,17 +151,43 @@ class MovaProcessor:
                     f"sample {i} has {c} {self.image_token} placeholder(s) but {len(g)} image(s)")
         return grouped
 
-    def _encode(self, text: str, ocr_lengths: list[tuple[int, ...]], add_special_tokens: bool) -> list[int]:
+    def _encode_chunk(self, text: str, ocr_lengths: list[tuple[int, ...]]) -> list[int]:
+        """Token ids of ``text`` with each ``<image>`` expanded for the next image's OCR lengths."""
         ids: list[int] = []
-        if add_special_tokens and self.tokenizer.bos_token_id is not None:
-            ids.append(self.tokenizer.bos_token_id)
         chunks = text.split(self.image_token)
         for j, chunk in enumerate(chunks):
             if chunk:
                 ids += self.tokenizer(chunk, add_special_tokens=False).input_ids
             if j < len(chunks) - 1:
-                ids += [self.image_token_id] * self.layout.num_tokens(ocr_lengths[j])
+                if not ocr_lengths:
+                    raise PlaceholderMismatchError(f"more {self.image_token} placeholders than images")
+                ids += [self.image_token_id] * self.layout.num_tokens(ocr_lengths.pop(0))
         return ids
+
+    def _bos(self, add_special_tokens: bool) -> list[int]:
+        bos = self.tokenizer.bos_token_id
+        return [bos] if add_special_tokens and bos is not None else []
+
+    def _encode(self, text: str, ocr_lengths: list[tuple[int, ...]], add_special_tokens: bool) -> list[int]:
+        return self._bos(add_special_tokens) + self._encode_chunk(text, list(ocr_lengths))
+
+    def encode_segments(self, segments: list[Any], ocr_lengths: list[tuple[int, ...]],
+                        add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)`` of rendered template segments; labels are -100 outside targets.
+
+        Segments are tokenized one by one (an ``<image>`` never straddles two), so label masks fall
+        exactly on the assistant turns.
+        """
+        pending = list(ocr_lengths)
+        ids = self._bos(add_special_tokens)
+        labels = [-100] * len(ids)
+        for seg in segments:
+            piece = self._encode_chunk(seg.text, pending)
+            ids += piece
+            labels += [t if seg.is_target and t != self.image_token_id else -100 for t in piece]
+        if pending:
+            raise PlaceholderMismatchError(f"{len(pending)} image(s) left without an {self.image_token} placeholder")
+        return ids, labels
 
     def __call__(
         self,

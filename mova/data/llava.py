@@ -1,0 +1,262 @@
+"""LLaVA-format conversation data: reading, validation, tokenization with label masks, batching.
+
+Records look like ``{"id", "image": "rel/path.jpg" (or a list, or absent for text-only),
+"conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}]}``,
+with image paths relative to an image folder. The whole file is checked once before training starts,
+so a bad record stops the run at once with its id and index rather than hours later (or, with
+``skip_bad_records``, is logged, dropped and counted in the run's summary).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+from tqdm.auto import tqdm
+
+from mova.config import DataConfig
+from mova.data.templates import IMAGE_PLACEHOLDER, normalize_messages, render
+from mova.errors import ConfigError, ImageLoadError, MovaError
+from mova.model.processing_mova import MovaProcessor, load_image
+
+logger = logging.getLogger(__name__)
+
+
+class BadRecordError(MovaError, ValueError):
+    """A data record cannot be used; the message names its index and id."""
+
+
+@dataclass
+class Skipped:
+    index: int
+    id: str
+    reason: str
+
+
+@dataclass
+class RecordInfo:
+    index: int
+    id: str
+    images: list[Path]
+    length: int  # tokens, visual included (OCR at its maximum)
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """A JSON list or a JSONL file of records."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"data file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a JSON list of records")
+    return data
+
+
+def resolve_image_path(folder: Path | None, rel: Any) -> Path:
+    """``folder / rel``, refusing absolute paths and ``..`` escapes (a shared data file must not make
+    the trainer read arbitrary files)."""
+    if not isinstance(rel, str) or not rel:
+        raise ValueError(f"image path must be a non-empty string, got {rel!r}")
+    if folder is None:
+        raise ValueError("record has an image but no image_folder is configured")
+    if Path(rel).is_absolute():
+        raise ValueError(f"absolute image path {rel!r} refused: paths must be relative to the image folder")
+    root = folder.resolve()
+    path = (root / rel).resolve()
+    if root != path and root not in path.parents:
+        raise ValueError(f"image path {rel!r} escapes the image folder {root}")
+    return path
+
+
+class LlavaDataset(Dataset):
+    """Tokenized LLaVA conversations with labels on the assistant turns only."""
+
+    def __init__(self, records: list[dict[str, Any]], processor: MovaProcessor, cfg: DataConfig, template: str,
+                 progress: bool = True):
+        self.processor = processor
+        self.cfg = cfg
+        self.template = template
+        self.records = records
+        self.folder = Path(cfg.image_folder) if cfg.image_folder else None
+        self.skipped: list[Skipped] = []
+        self.items: list[RecordInfo] = []
+        self.max_positions = processor.config.max_positions
+        layout = processor.layout
+        self._ocr_max = tuple(b.max_tokens for b in layout.ocr_blocks)
+        self._visual_tokens = layout.num_tokens(self._ocr_max)
+        self._visual_positions = layout.num_positions(self._ocr_max)
+        for i, rec in enumerate(tqdm(records, desc="checking records", disable=not progress, mininterval=1.0)):
+            rid = str(rec.get("id", f"#{i}")) if isinstance(rec, dict) else f"#{i}"
+            try:
+                self.items.append(self._check(i, rid, rec))
+            except (ValueError, ImageLoadError, KeyError, TypeError) as e:
+                self._bad(i, rid, str(e))
+        if not self.items:
+            raise ConfigError(f"no usable records in {cfg.data_path or 'the data'} ({len(self.skipped)} skipped)")
+
+    # --- validation ---------------------------------------------------------------------------
+    def _bad(self, index: int, rid: str, reason: str) -> None:
+        if not self.cfg.skip_bad_records:
+            raise BadRecordError(f"record {index} (id {rid!r}): {reason} (set data.skip_bad_records=true to skip)")
+        logger.warning("skipping record %d (id %r): %s", index, rid, reason)
+        self.skipped.append(Skipped(index, rid, reason))
+
+    def _image_list(self, rec: dict[str, Any]) -> list[Any]:
+        img = rec.get("image")
+        if img is None:
+            return []
+        return list(img) if isinstance(img, (list, tuple)) else [img]
+
+    def _check(self, index: int, rid: str, rec: Any) -> RecordInfo:
+        if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
+            raise ValueError("no 'conversations' list")
+        messages = normalize_messages(rec["conversations"])
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            raise ValueError("no assistant turn")
+        paths = [resolve_image_path(self.folder, p) for p in self._image_list(rec)]
+        n_placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+        if paths and n_placeholders == 0:
+            # LLaVA convention: an image record without a placeholder gets one before the first question.
+            first = next(m for m in messages if m["role"] == "user")
+            first["content"] = IMAGE_PLACEHOLDER + "\n" + first["content"]
+            n_placeholders = len(paths) if len(paths) == 1 else 0
+        if n_placeholders != len(paths):
+            raise ValueError(f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(paths)} image(s)")
+        for p in paths:
+            if not p.is_file():
+                raise ValueError(f"missing image {p}")
+            if self.cfg.verify_images:
+                try:
+                    with Image.open(p) as im:
+                        im.verify()
+                except Exception as e:  # PIL raises many types for corrupt files
+                    raise ValueError(f"unreadable image {p}: {e}") from e
+        rec["conversations"] = messages
+        text = "".join(s.text for s in render(self.template, messages, self.processor.tokenizer))
+        text_tokens = len(self.processor.tokenizer(text.replace(IMAGE_PLACEHOLDER, ""),
+                                                   add_special_tokens=False).input_ids) + 1
+        length = text_tokens + len(paths) * self._visual_tokens
+        positions = text_tokens + len(paths) * self._visual_positions
+        if self.cfg.max_length and length > self.cfg.max_length:
+            raise ValueError(f"too long: {length} tokens > max_length {self.cfg.max_length}")
+        if self.max_positions and positions > self.max_positions:
+            raise ValueError(f"too long: {positions} positions > the LLM's context {self.max_positions}")
+        return RecordInfo(index, rid, paths, length)
+
+    # --- access -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [it.length for it in self.items]
+
+    @property
+    def has_image(self) -> list[bool]:
+        return [bool(it.images) for it in self.items]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        info = self.items[i]
+        rec = self.records[info.index]
+        try:
+            images = [load_image(p) for p in info.images]
+        except ImageLoadError as e:
+            raise BadRecordError(f"record {info.index} (id {info.id!r}): {e}") from e
+        pixels, ocr_lengths = self.processor.process_images(images)
+        segments = render(self.template, rec["conversations"], self.processor.tokenizer)
+        ids, labels = self.processor.encode_segments(segments, ocr_lengths)
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "images": pixels if images else None,
+                "index": info.index}
+
+
+@dataclass
+class MovaCollator:
+    """Pad ids/labels (right), build the mask, and concatenate the samples' images in order."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    extra_keys: tuple[str, ...] = field(default_factory=tuple)
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        width = max(len(b["input_ids"]) for b in batch)
+        if self.pad_to_multiple_of:
+            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = b["input_ids"], b["labels"], 1
+        out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        image_dicts = [b["images"] for b in batch if b.get("images")]
+        if image_dicts:
+            out["images"] = concat_image_dicts(image_dicts)
+        return out
+
+
+def concat_image_dicts(dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate per-sample image dicts along the image axis; OCR ids pad with -1, boxes with 0."""
+    out: dict[str, torch.Tensor] = {}
+    for key in dicts[0]:
+        parts = [d[key] for d in dicts]
+        if key.endswith(".input_ids") or key.endswith(".boxes"):
+            width = max(p.shape[1] for p in parts)
+            fill = -1 if key.endswith(".input_ids") else 0
+            parts = [torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, width - p.shape[1]), value=fill)
+                     for p in parts]
+        out[key] = torch.cat(parts, dim=0)
+    return out
+
+
+class ModalityLengthGroupedSampler(Sampler[int]):
+    """Shuffle, then group samples so that a global batch holds one modality and similar lengths.
+
+    Image and text-only samples are shuffled separately, cut into global batches, and each batch is
+    sorted by length (less padding); then the batches are shuffled. The order depends only on
+    ``seed``, the epoch and ``global_batch_size`` (per-device batch x world size), so 1-process and
+    N-process runs see the same global batches, and a resumed run the same order.
+    """
+
+    def __init__(self, lengths: list[int], has_image: list[bool], global_batch_size: int, seed: int = 0):
+        self.lengths, self.has_image = lengths, has_image
+        self.global_batch_size, self.seed, self.epoch = global_batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches: list[list[int]] = []
+        for modality in (True, False):
+            idx = [i for i, h in enumerate(self.has_image) if h == modality]
+            idx = [idx[j] for j in torch.randperm(len(idx), generator=g).tolist()]
+            for k in range(0, len(idx), self.global_batch_size):
+                batches.append(sorted(idx[k:k + self.global_batch_size], key=lambda i: -self.lengths[i]))
+        # Keep full batches first so that an incomplete one (if any) lands at the very end.
+        full = [b for b in batches if len(b) == self.global_batch_size]
+        partial = [b for b in batches if len(b) < self.global_batch_size]
+        order = torch.randperm(len(full), generator=g).tolist()
+        for j in order:
+            yield from full[j]
+        for b in partial:
+            yield from b
+
+
+def dataset_summary(ds: LlavaDataset) -> dict[str, Any]:
+    reasons = Counter(s.reason.split(":")[0] for s in ds.skipped)
+    return {"records": len(ds.records), "used": len(ds), "skipped": len(ds.skipped),
+            "skipped_by_reason": dict(reasons), "with_image": sum(ds.has_image)}

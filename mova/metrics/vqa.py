@@ -1,0 +1,167 @@
+"""Exact-match VQA accuracy, overall and per question type, with batched greedy generation.
+
+The synthetic dataset (:mod:`mova.data.synthetic`) has one-word answers from closed sets, so exact
+match after a light normalisation (case, punctuation, a leading article, digits as words) is a fair
+score: a model either read the answer off the image or it did not. The same normalisation is applied to
+the prediction and to the gold answer, so ``"Circle."`` matches ``circle`` and ``"3"`` matches ``three``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mova.data.templates import IMAGE_PLACEHOLDER
+
+ARTICLES = frozenset({"a", "an", "the"})
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def normalize_answer(text: str) -> str:
+    """The first word of ``text``, lowercased, without punctuation, a leading article or digits.
+
+    ``"  The Circle."`` -> ``"circle"``; ``"3 shapes"`` -> ``"three"``; ``"don't"`` -> ``"dont"``;
+    text with no word gives ``""`` (which never matches a gold answer).
+    """
+    words = _WORD.findall(text.lower().replace("'", "").replace("\u2019", ""))
+    while len(words) > 1 and words[0] in ARTICLES:
+        words = words[1:]
+    if not words:
+        return ""
+    word = words[0]
+    if word.isdigit() and int(word) < len(NUMBER_WORDS):
+        word = NUMBER_WORDS[int(word)]
+    return word
+
+
+def score_answer(prediction: str, gold: str) -> bool:
+    """Exact match of the normalised first words; an empty gold answer never matches."""
+    norm = normalize_answer(gold)
+    return bool(norm) and normalize_answer(prediction) == norm
+
+
+def record_qa(record: dict[str, Any]) -> tuple[str, str]:
+    """The first human turn (the question, with ``<image>`` when the record has an image) and its answer."""
+    turns = record["conversations"]
+    human = next(t for t in turns if t.get("from", t.get("role")) in ("human", "user"))
+    idx = turns.index(human)
+    gold = next(t for t in turns[idx + 1:] if t.get("from", t.get("role")) in ("gpt", "assistant"))
+    question = human.get("value", human.get("content"))
+    if record.get("image") and IMAGE_PLACEHOLDER not in question:
+        question = f"{IMAGE_PLACEHOLDER}\n{question}"
+    return question, gold.get("value", gold.get("content"))
+
+
+def _max_answer_tokens(tokenizer: Any, answers: list[str]) -> int:
+    """Tokens the longest gold answer needs (with or without a leading space), plus one for EOS."""
+    longest = 1
+    for a in set(answers):
+        for text in (a, " " + a):
+            longest = max(longest, len(tokenizer(text, add_special_tokens=False).input_ids))
+    return longest + 1
+
+
+def _to_device(batch: Any, device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def evaluate_vqa(
+    model: Any,
+    processor: Any,
+    records: list[dict[str, Any]],
+    image_root: str | Path,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    template: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Greedy-decode an answer for each record and score it against the record's gold answer.
+
+    ``records`` are LLaVA QA records (``image`` relative to ``image_root``; text-only records have no
+    ``image``); each record's ``type`` (default ``"all"``) groups the per-type accuracy.
+    ``max_new_tokens=None`` allows as many tokens as the longest gold answer takes in this tokenizer
+    (a tiny tokenizer may spell ``circle`` in five pieces, so a fixed small cap would cut answers).
+    The model is put in eval mode for the run and its previous mode restored afterwards.
+
+    Returns ``{"overall", "per_type", "n", "n_per_type", "predictions"}``; accuracies are in [0, 1] and
+    ``predictions`` holds ``{"id", "type", "question", "answer", "prediction", "correct"}`` per record.
+    """
+    root = Path(image_root)
+    tokenizer = processor.tokenizer
+    items = [(r, *record_qa(r)) for r in records]
+    if max_new_tokens is None:
+        max_new_tokens = _max_answer_tokens(tokenizer, [gold for _, _, gold in items])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    predictions: list[dict[str, Any]] = []
+    try:
+        with torch.no_grad(), tqdm(total=len(items), desc="vqa eval", unit="q", disable=not progress) as bar:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start:start + batch_size]
+                prompts = [processor.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                         template=template) for _, q, _ in chunk]
+                images = [root / r["image"] for r, _, _ in chunk if r.get("image")]
+                batch = processor(prompts, images or None, padding_side="left")
+                batch = _to_device(batch, model.device)
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                                     eos_token_id=tokenizer.eos_token_id)
+                texts = processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                for (rec, question, gold), text in zip(chunk, texts):
+                    predictions.append({"id": rec.get("id"), "type": rec.get("type", "all"), "question": question,
+                                        "answer": gold, "prediction": text.strip(),
+                                        "correct": score_answer(text, gold)})
+                bar.update(len(chunk))
+    finally:
+        model.train(was_training)
+    return summarize(predictions)
+
+
+def summarize(predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Overall and per-type accuracy of scored predictions (each with ``type`` and ``correct``)."""
+    per_type: dict[str, list[bool]] = {}
+    for p in predictions:
+        per_type.setdefault(p["type"], []).append(bool(p["correct"]))
+    n = len(predictions)
+    return {
+        "overall": sum(p["correct"] for p in predictions) / n if n else 0.0,
+        "per_type": {t: sum(v) / len(v) for t, v in per_type.items()},
+        "n": n,
+        "n_per_type": {t: len(v) for t, v in per_type.items()},
+        "predictions": predictions,
+    }
+
+
+def format_accuracy_table(results: dict[str, dict[str, Any]]) -> str:
+    """A text table: one row per question type plus ``overall``, one column per run, accuracies in percent.
+
+    ``results`` maps a run name (e.g. ``"images"``, ``"blanked"``) to an :func:`evaluate_vqa` result. A
+    type a run did not see shows ``-``; the ``n`` column is the largest count any run had for the row.
+    """
+    runs = list(results)
+    types: list[str] = []
+    for res in results.values():
+        types += [t for t in res.get("per_type", {}) if t not in types]
+    rows = []
+    for t in types:
+        n = max(res.get("n_per_type", {}).get(t, 0) for res in results.values())
+        cells = [f"{100 * results[r]['per_type'][t]:.1f}" if t in results[r].get("per_type", {}) else "-"
+                 for r in runs]
+        rows.append([t, str(n), *cells])
+    rows.append(["overall", str(max((res.get("n", 0) for res in results.values()), default=0)),
+                 *[f"{100 * results[r].get('overall', 0.0):.1f}" for r in runs]])
+    header = ["type", "n", *runs]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "  ".join([first, *rest]).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep, *(line(r) for r in rows[:-1]), sep, line(rows[-1])])

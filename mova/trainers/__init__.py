@@ -1,0 +1,1 @@
+"""Trainers on one shared base (checkpointing, resume, logging, launch): training stages first."""

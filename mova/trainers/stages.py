@@ -1,0 +1,144 @@
+"""The training stages: ``align`` (fusion network only) and ``sft`` (fusion + LLM, full or LoRA).
+
+A stage is a :class:`StageSpec` in :data:`STAGES`: which parts train and which template is the default.
+``run_stage`` builds (or loads) the model, freezes what the stage keeps frozen, reads the data, and
+hands everything to :class:`~mova.trainers.base.MovaTrainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments, set_seed
+
+from mova.config import RunConfig, to_dict
+from mova.data.llava import LlavaDataset, MovaCollator, dataset_summary, read_records
+from mova.errors import ConfigError, UnknownNameError
+from mova.model.builder import build_model, load_pretrained
+from mova.model.modeling_mova import MovaForCausalLM
+from mova.trainers.base import MovaTrainer, resolve_resume, write_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    train_fusion: bool
+    train_llm: bool
+    #: template when the data config names none; ``None``: the model's own (``MovaConfig.template``).
+    default_template: str | None
+
+
+STAGES: dict[str, StageSpec] = {
+    "align": StageSpec(train_fusion=True, train_llm=False, default_template="plain"),
+    "sft": StageSpec(train_fusion=True, train_llm=True, default_template=None),
+}
+
+
+def stage_spec(name: str) -> StageSpec:
+    if name not in STAGES:
+        raise UnknownNameError("stage", name, STAGES)
+    return STAGES[name]
+
+
+def configure_trainable(model: MovaForCausalLM, spec: StageSpec, cfg: RunConfig) -> dict[str, int]:
+    """Freeze everything, then unfreeze what the stage trains; returns trainable counts per part."""
+    model.requires_grad_(False)
+    model.fusion.requires_grad_(spec.train_fusion)
+    lora = cfg.train.lora
+    if spec.train_llm and lora.r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        model.language_model = get_peft_model(model.language_model, peft_cfg)
+    elif spec.train_llm:
+        model.language_model.requires_grad_(True)
+    for name in cfg.train.unfreeze_experts:
+        if name not in model.experts:
+            raise UnknownNameError("expert to unfreeze", name, model.experts.keys())
+        expert = model.experts[name]
+        expert.cfg.frozen = False
+        expert.requires_grad_(True)
+    counts = {part: sum(p.numel() for p in getattr(model, part).parameters() if p.requires_grad)
+              for part in ("experts", "fusion", "language_model")}
+    logger.info("trainable parameters: %s", counts)
+    return counts
+
+
+def training_arguments(cfg: RunConfig) -> TrainingArguments:
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=t.output_dir,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=t.bf16,
+        fp16=t.fp16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=max(t.save_steps, 1),
+        save_total_limit=t.save_total_limit,
+        deepspeed=t.deepspeed,
+        report_to=list(t.report_to),
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        use_cpu=t.use_cpu or not torch.cuda.is_available(),
+        ddp_find_unused_parameters=True,
+        disable_tqdm=True,
+        save_only_model=False,
+    )
+
+
+def run_stage(cfg: RunConfig) -> dict[str, Any]:
+    """Train one stage end to end; returns the run summary (also written to ``output_dir``)."""
+    spec = stage_spec(cfg.stage)
+    if not cfg.data.data_path:
+        raise ConfigError("data.data_path is required")
+    set_seed(cfg.train.seed)
+    if cfg.init_from:
+        model, processor = load_pretrained(cfg.init_from)
+    else:
+        model, processor = build_model(cfg.model, load_weights=True)
+    trainable = configure_trainable(model, spec, cfg)
+    template = cfg.data.template or spec.default_template or model.config.template
+    dataset = LlavaDataset(read_records(cfg.data.data_path), processor, cfg.data, template)
+    args = training_arguments(cfg)
+    trainer = MovaTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=MovaCollator(pad_token_id=processor.tokenizer.pad_token_id),
+        max_nonfinite_in_a_row=cfg.train.max_nonfinite_in_a_row,
+        group_by_modality_length=cfg.data.group_by_modality_length,
+    )
+    resume = resolve_resume(args.output_dir, cfg.train.resume_from_checkpoint)
+    if resume:
+        logger.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    final = Path(args.output_dir) / "final"
+    if cfg.train.lora.r > 0 and cfg.train.lora.merge and spec.train_llm:
+        model.language_model = model.language_model.merge_and_unload()
+    trainer.save_model(str(final))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(final)
+    data = dataset_summary(dataset)
+    if data["skipped"]:
+        logger.warning("%d record(s) skipped: %s", data["skipped"], data["skipped_by_reason"])
+    return write_report(trainer, args.output_dir, {"stage": cfg.stage, "template": template, "data": data,
+                                                   "trainable_params": trainable, "final_model": str(final),
+                                                   "config": to_dict(cfg)})

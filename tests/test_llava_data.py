@@ -1,0 +1,121 @@
+"""LLaVA data: label masks, path safety, bad records named by id and index, skipping, batching order."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mova.config import DataConfig
+from mova.data.llava import (
+    BadRecordError,
+    LlavaDataset,
+    ModalityLengthGroupedSampler,
+    MovaCollator,
+    read_records,
+)
+from mova.data.templates import render
+from mova.model.builder import build_mova_config, load_tokenizer
+from mova.model.processing_mova import MovaProcessor
+from tests.conftest import tiny_model_config
+from tests.llava_fixtures import write_llava_dataset
+
+
+@pytest.fixture(scope="module")
+def processor():
+    cfg = tiny_model_config()
+    tok = load_tokenizer(cfg)
+    return MovaProcessor(tok, build_mova_config(cfg, tok))
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_llava_dataset(tmp_path, n=6, text_only=2)
+
+
+def _ds(processor, path, template="vicuna_v1", **kw):
+    cfg = DataConfig(data_path=str(path), image_folder=str(path.parent), **kw)
+    return LlavaDataset(read_records(path), processor, cfg, template, progress=False)
+
+
+@pytest.mark.parametrize("template", ["plain", "vicuna_v1"])
+def test_labels_cover_exactly_the_assistant_turns(processor, data, template):
+    ds = _ds(processor, data, template)
+    for i in (0, len(ds) - 1):  # one image record, one text-only record
+        item = ds[i]
+        rec = ds.records[ds.items[i].index]
+        targets = [s.text for s in render(template, rec["conversations"], processor.tokenizer) if s.is_target]
+        labelled = item["labels"][item["labels"] != -100]
+        assert processor.tokenizer.decode(labelled) == "".join(targets)
+        image_tokens = item["input_ids"] == processor.image_token_id
+        assert (item["labels"][image_tokens] == -100).all()
+        assert image_tokens.sum() == processor.layout.num_tokens() * len(ds.items[i].images)
+
+
+def _write(path, records):
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.mark.parametrize("image,match", [
+    ("/etc/passwd", "absolute image path"),
+    ("../outside.png", "escapes the image folder"),
+    ("images/../../outside.png", "escapes the image folder"),
+    ("images/missing.png", "missing image"),
+])
+def test_bad_paths_are_refused_with_id_and_index(processor, data, image, match):
+    records = read_records(data)
+    records[3]["image"] = image
+    with pytest.raises(BadRecordError, match=rf"record 3 \(id 'img-3'\): .*{match}"):
+        _ds(processor, _write(data, records))
+
+
+def test_unreadable_image_no_assistant_turn_and_too_long(processor, data):
+    (data.parent / "images" / "002.png").write_bytes(b"not a png at all")
+    with pytest.raises(BadRecordError, match=r"record 2 \(id 'img-2'\): unreadable image"):
+        _ds(processor, data)
+    records = read_records(data)
+    records[2]["conversations"] = [{"from": "human", "value": "<image>\nhi"}]
+    records[1]["conversations"][1]["value"] = "word " * 400
+    path = _write(data, records)
+    with pytest.raises(BadRecordError, match=r"record 1 \(id 'img-1'\): too long"):
+        _ds(processor, path)
+    records[1]["conversations"][1]["value"] = "fine"
+    with pytest.raises(BadRecordError, match=r"record 2 \(id 'img-2'\): no assistant turn"):
+        _ds(processor, _write(data, records))
+
+
+def test_skip_mode_logs_and_counts(processor, data, caplog):
+    records = read_records(data)
+    records[0]["image"] = "../x.png"
+    records[4]["conversations"] = [{"from": "human", "value": "<image>\nhi"}]
+    ds = _ds(processor, _write(data, records), skip_bad_records=True)
+    assert len(ds) == len(records) - 2
+    assert [(s.index, s.id) for s in ds.skipped] == [(0, "img-0"), (4, "img-4")]
+    assert "skipping record 0" in caplog.text
+
+
+def test_collator_pads_right_and_concatenates_images(processor, data):
+    ds = _ds(processor, data)
+    batch = MovaCollator(processor.tokenizer.pad_token_id)([ds[0], ds[len(ds) - 1], ds[1]])
+    assert batch["images"]["clip"].shape[0] == 2  # the text-only sample brings no image
+    lengths = batch["attention_mask"].sum(-1)
+    assert lengths[1] < batch["input_ids"].shape[1] and batch["attention_mask"][1, 0] == 1
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+def test_grouped_sampler_is_deterministic_and_groups_modalities():
+    lengths = [5, 50, 7, 40, 9, 30, 11, 20, 3, 60]
+    has_image = [True, True, True, True, True, True, False, False, False, False]
+    s = ModalityLengthGroupedSampler(lengths, has_image, global_batch_size=2, seed=3)
+    order = list(s)
+    assert sorted(order) == list(range(10)) and order == list(s)
+    for k in range(0, 10, 2):
+        pair = order[k:k + 2]
+        assert has_image[pair[0]] == has_image[pair[1]]
+        assert lengths[pair[0]] >= lengths[pair[1]]
+    s.set_epoch(1)
+    assert list(s) != order
+    assert torch.equal(torch.tensor(list(ModalityLengthGroupedSampler(lengths, has_image, 2, seed=3))),
+                       torch.tensor(order))
