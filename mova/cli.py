@@ -53,7 +53,7 @@ register_command("demo", "build the model, run a batch through it, print the mod
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("stage", help="align | sft")
     p.add_argument("--config", help="a stage YAML (train/configs/*.yaml)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50 data.skip_bad_records=true")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50")
 
 
 def _train_run(args: argparse.Namespace) -> int:
