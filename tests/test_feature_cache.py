@@ -21,9 +21,11 @@ from mova.data.feature_cache import (
     build_cache,
     expert_fingerprint,
     image_key,
+    prime_ocr_memo,
 )
 from mova.model.builder import build_model
 from mova.model.experts import build_expert
+from mova.model.experts.ocr_text import OcrWord
 from tests.conftest import random_image, tiny_model_config
 
 PIXEL_EXPERTS = ["clip", "sam", "layoutlmv3", "timm"]
@@ -80,6 +82,28 @@ def test_cached_features_equal_live_output(model_and_processor, image_files, cac
         got = cache.lookup(name, keys)
         assert got.dtype == getattr(torch, dtype) and got.shape == live.shape
         assert torch.equal(got, live.to(got.dtype)), name  # float32: exact; bf16: the live output rounded
+    clone = copy.deepcopy(cache)  # as DataLoader workers get it: open shard handles are dropped, then reopen
+    assert torch.equal(clone.lookup("sam", keys[::-1]), cache.lookup("sam", keys[::-1]))
+
+
+def test_changed_file_under_same_path_is_a_miss(model_and_processor, image_files, caches, tmp_path):
+    model, _ = model_and_processor
+    cache = FeatureCache(caches["float32"])
+    cache.open_for(model.experts["clip"])
+    path = tmp_path / "img.png"
+    shutil.copy(image_files[1], path)
+    key = cache.key_for(path)
+    assert cache.has("clip", key)
+    random_image(99).save(path)
+    assert not cache.has("clip", cache.key_for(path))
+
+
+def test_cached_ocr_words_skip_the_engine():
+    expert = build_expert(ExpertConfig(family="ocr_text"))
+    img = random_image(3)
+    words = [OcrWord("hello", (0.1, 0.1, 0.4, 0.2), 0.9)]
+    prime_ocr_memo(expert, img, words)
+    assert expert.read(img) == words and expert.engine_calls == 0
 
 
 def test_logits_from_cache_equal_logits_from_pixels(model_and_processor, image_files, caches, monkeypatch):
@@ -144,6 +168,9 @@ def test_changed_expert_is_refused(model_and_processor, caches):
         w.view(-1)[w.numel() // 2 + 7] += 1e-3  # not in any sampled slice: only the bit sum sees it
     with pytest.raises(StaleCacheError, match=r"expert 'clip'.*weights"):
         cache.open_for(perturbed)
+
+    with pytest.raises(StaleCacheError, match=r"weights_dtype.*float32.*bfloat16"):
+        cache.open_for(copy.deepcopy(model.experts["clip"]).to(torch.bfloat16))
 
     bigger = build_expert(ExpertConfig(**{**vars(model.experts["clip"].cfg), "image_size": 96}))
     with pytest.raises(StaleCacheError, match=r"image_size \(cache: None, model: 96\)"):
@@ -218,6 +245,6 @@ def test_cli_end_to_end(tmp_path, capsys):
     folders = sorted(p.name.split("-")[0] for p in out.iterdir() if p.is_dir())
     assert folders == ["clip", "ocr_text", "sam"]
     ocr = next(out.glob("ocr_text-*"))
-    assert json.loads((ocr / "manifest.json").read_text())["num_entries"] == 2
-    assert main(argv) == 0  # same seed -> same random tiny weights -> nothing new
-    assert "cached new: 0, already cached: 2" in capsys.readouterr().out
+    index = json.loads((ocr / "index.json").read_text())
+    assert len(index["entries"]) == 2 and index["shards"][0]["file"] == "shard-00000.json"
+    assert len(json.loads((out / "image-keys.json").read_text())) == 2

@@ -193,9 +193,10 @@ def _version(package: str) -> str | None:
 def fingerprint_components(expert: VisualExpert) -> dict[str, Any]:
     """Everything that decides the expert's output, as JSON (what :func:`expert_fingerprint` hashes).
 
-    Pixel experts: the output-deciding config fields (:data:`PIXEL_FIELDS`), the transform description
-    and the weights digest. The OCR expert: its config (minus the memo size), the rapidocr-onnxruntime
-    version (its bundled models) and the effective ``min_score`` / ``use_angle_cls``.
+    Pixel experts: the output-deciding config fields (:data:`PIXEL_FIELDS`), the transform description,
+    the weights' dtypes (bf16 experts give other features than fp32 ones) and the weights digest. The
+    OCR expert: its config (minus the memo size), the rapidocr-onnxruntime version (its bundled models)
+    and the effective ``min_score`` / ``use_angle_cls``.
     """
     cfg = to_dict(expert.cfg)
     if expert.input_kind == "ocr":
@@ -205,8 +206,10 @@ def fingerprint_components(expert: VisualExpert) -> dict[str, Any]:
                   "min_score": float(getattr(expert, "min_score", 0.0)),
                   "use_angle_cls": bool(getattr(expert, "use_angle_cls", False))}
         return _jsonable({"config": config, "engine": engine})
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in expert.state_dict().values()})
     return _jsonable({"config": {k: cfg[k] for k in PIXEL_FIELDS},
                       "transform": describe_transform(expert.image_transform()),
+                      "weights_dtype": dtypes,  # also inside the digest; kept apart so an error can name it
                       "weights": weights_digest(expert)})
 
 
@@ -577,7 +580,7 @@ class FeatureCache:
         """Every cache folder under the root built for an expert named ``name`` (any fingerprint)."""
         out = []
         if self.root.is_dir():
-            for path in sorted(self.root.glob(f"{glob_escape(name)}-*")):
+            for path in sorted(self.root.glob(f"{_glob_escape(name)}-*")):
                 if (path / MANIFEST).is_file():
                     try:
                         cache = ExpertCache.load(path)
@@ -688,7 +691,12 @@ class FeatureCache:
         return self._path_keys
 
     def key_for(self, path: str | Path) -> str:
-        """The image key of a file: from the memo when its size and mtime are unchanged, else hashed."""
+        """The image key of a file: from the memo when its size and mtime are unchanged, else hashed.
+
+        The memo (written by :func:`build_cache`) lets training find an image's features without
+        decoding it; a file rewritten with the same size *and* a restored mtime would fool it, so use
+        ``image_key(load_image(path))`` where that matters.
+        """
         p = Path(path).resolve()
         st = p.stat()
         memo = self.path_keys().get(str(p))
@@ -708,7 +716,7 @@ class FeatureCache:
         self._path_keys = memo
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
@@ -901,6 +909,10 @@ def build_cache(model: nn.Module, processor: Any, images: Iterable[Any], root: s
             raise ConfigError(f"the feature cache of expert {name!r} at {ec.path} stores {ec.dtype}, not {dtype}; "
                               "use that dtype or another cache root")
         ec.recover()
+        older = [str(c.path) for c in cache.folders_of(name) if c.path != ec.path]
+        if older:
+            logger.warning("expert %r also has caches built by other versions of it (stale for this model, "
+                           "delete them if unused): %s", name, ", ".join(older))
         buffers[name] = _ShardBuffer(ec, shard_bytes, shard_images)
     pixel = [n for n in names if modules[n].input_kind == "pixels"]
     ocr = {n: modules[n] for n in names if modules[n].input_kind == "ocr"}

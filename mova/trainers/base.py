@@ -18,6 +18,7 @@ What it adds to the engine, and why:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -137,6 +138,8 @@ class MovaTrainer(Trainer):
             if os.path.exists(target):
                 shutil.rmtree(target)
             _publish(os.path.join(run_dir, STAGING, name), target)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(run_dir, STAGING))
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit, use_mtime=False)
         self.accelerator.wait_for_everyone()
 

@@ -31,10 +31,12 @@ class StageSpec:
     train_llm: bool
     #: template when the data config names none; ``None``: the model's own (``MovaConfig.template``).
     default_template: str | None
+    #: text-only records train nothing when only the fusion network learns: leave them out.
+    drop_text_only: bool = False
 
 
 STAGES: dict[str, StageSpec] = {
-    "align": StageSpec(train_fusion=True, train_llm=False, default_template="plain"),
+    "align": StageSpec(train_fusion=True, train_llm=False, default_template="plain", drop_text_only=True),
     "sft": StageSpec(train_fusion=True, train_llm=True, default_template=None),
 }
 
@@ -87,7 +89,7 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
         data_seed=t.seed,
         bf16=t.bf16,
         fp16=t.fp16,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=max(t.save_steps, 1),
@@ -116,7 +118,15 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
         model, processor = build_model(cfg.model, load_weights=True)
     trainable = configure_trainable(model, spec, cfg)
     template = cfg.data.template or spec.default_template or model.config.template
-    dataset = LlavaDataset(read_records(cfg.data.data_path), processor, cfg.data, template)
+    records = read_records(cfg.data.data_path)
+    dropped = 0
+    if spec.drop_text_only:
+        kept = [r for r in records if not isinstance(r, dict) or r.get("image") is not None]
+        dropped = len(records) - len(kept)
+        if dropped:
+            logger.info("%s: leaving out %d text-only record(s): nothing trains on them", cfg.stage, dropped)
+        records = kept
+    dataset = LlavaDataset(records, processor, cfg.data, template)
     args = training_arguments(cfg)
     trainer = MovaTrainer(
         model=model,
@@ -136,7 +146,7 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         processor.save_pretrained(final)
-    data = dataset_summary(dataset)
+    data = {**dataset_summary(dataset), "text_only_left_out": dropped}
     if data["skipped"]:
         logger.warning("%d record(s) skipped: %s", data["skipped"], data["skipped_by_reason"])
     return write_report(trainer, args.output_dir, {"stage": cfg.stage, "template": template, "data": data,
