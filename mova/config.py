@@ -276,14 +276,21 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
     data = load_yaml(path) if path else {}
     if stage is not None:
         data["stage"] = stage
+    base = Path(path).resolve().parent if path else Path.cwd()
+    model_base = base
     if isinstance(data.get("model"), str):
         name = data["model"]
-        data["model"] = preset_dict(name) if name in PRESETS else load_yaml(Path(path).parent / name if path else name)
+        if name in PRESETS:
+            data["model"] = preset_dict(name)
+        else:
+            model_file = base / name
+            loaded = load_yaml(model_file)
+            data["model"] = loaded.get("model", loaded)
+            model_base = model_file.resolve().parent
     data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
     cfg = from_dict(RunConfig, data, "run")
+    _resolve_relative(cfg.model, model_base)
     if path:
-        base = Path(path).resolve().parent
-        _resolve_relative(cfg.model, base)
         for attr in ("data_path", "image_folder", "feature_cache"):
             value = getattr(cfg.data, attr)
             if value and not Path(value).is_absolute() and (base / value).exists():

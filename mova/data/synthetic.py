@@ -283,6 +283,11 @@ def generate_dataset(out_dir: str | Path, n_train_images: int = DEFAULT_TRAIN_IM
             rel = f"images/{start + i:05d}.png"
             (blank_img or img).save(out / rel)
             named[split].append((rel, scene))
+    # A rerun with fewer images must not leave the old run's extra images behind.
+    written = {Path(rel).name for split in named.values() for rel, _ in split}
+    for stale in (out / "images").glob("[0-9][0-9][0-9][0-9][0-9].png"):
+        if stale.name not in written:
+            stale.unlink()
 
     align = [{"id": Path(rel).stem, "image": rel,
               "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": scene.caption()}]}
