@@ -115,6 +115,11 @@ class DataConfig:
     group_by_modality_length: bool = True
     #: a feature-cache folder (``mova cache-features``): training then never runs the cached experts.
     feature_cache: str | None = None
+    #: pack several samples into each row (no padding; attention kept inside each sample). The per-device
+    #: batch size then counts samples per packed batch.
+    packing: bool = False
+    #: longest packed row in tokens (a longer sample still gets a row of its own).
+    packing_max_tokens: int = 4096
 
 
 

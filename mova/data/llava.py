@@ -25,6 +25,8 @@ from tqdm.auto import tqdm
 from mova.config import DataConfig
 from mova.data.templates import IMAGE_PLACEHOLDER, normalize_messages, render
 from mova.errors import ConfigError, ImageLoadError, MovaError
+from mova.model.layout import VisualLayout
+from mova.model.positions import position_ids_from_layout
 from mova.model.processing_mova import MovaProcessor, load_image
 
 logger = logging.getLogger(__name__)
@@ -176,8 +178,29 @@ class LlavaDataset(Dataset):
         pixels, ocr_lengths = self.processor.process_images(images)
         segments = render(self.template, rec["conversations"], self.processor.tokenizer)
         ids, labels = self.processor.encode_segments(segments, ocr_lengths)
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "images": pixels if images else None,
-                "index": info.index}
+        input_ids = torch.tensor(ids)
+        position_ids = sample_position_ids(input_ids, self.processor.layout, self.processor.image_token_id,
+                                           ocr_lengths)
+        return {"input_ids": input_ids, "labels": torch.tensor(labels), "images": pixels if images else None,
+                "index": info.index, "position_ids": position_ids}
+
+
+def sample_position_ids(input_ids: torch.Tensor, layout: VisualLayout, image_token_id: int,
+                        ocr_lengths: list[tuple[int, ...]]) -> torch.Tensor:
+    """Position ids of one unpadded sample, as ``MovaForCausalLM.compute_position_ids`` gives them.
+
+    Text advances by one; image tokens take their images' layouts (compressed schemes). Computed per
+    sample so that a packed row (:class:`PackedCollator`) can restart them at 0 for each sample.
+    """
+    image = input_ids == image_token_id
+    local = torch.zeros_like(input_ids)
+    advance = torch.ones_like(input_ids)
+    vis_local, vis_advance = layout.batch(list(ocr_lengths))
+    if int(image.sum()) != vis_local.numel():
+        raise ValueError(f"{int(image.sum())} image tokens but the images make {vis_local.numel()} visual tokens")
+    local[image] = vis_local
+    advance[image] = vis_advance
+    return position_ids_from_layout(local, advance)
 
 
 @dataclass
@@ -200,6 +223,77 @@ class MovaCollator:
             ids[i, :n], labels[i, :n], mask[i, :n] = b["input_ids"], b["labels"], 1
         out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
         image_dicts = [b["images"] for b in batch if b.get("images")]
+        if image_dicts:
+            out["images"] = concat_image_dicts(image_dicts)
+        return out
+
+
+@dataclass
+class PackedCollator:
+    """Concatenate the batch's samples into rows of at most ``max_tokens`` tokens, with no padding between them.
+
+    Why: LLaVA-style data mixes short and long samples (and text-only ones), so a padded batch spends
+    much of its compute on padding. Here each sample keeps its own position ids (from the dataset,
+    restarting at 0 and keeping its images' compressed ids), ``sequence_ids`` (index of the sample within
+    its row, -1 for padding) tells the model where samples end so that attention stays inside each one,
+    and the first label of every sample is -100 so that no sample learns to predict the next one's
+    first token (the padded path never scores that token either). Rows are filled first-fit, longest
+    sample first; only the ends of rows shorter than the longest are padded (``attention_mask`` 0 there).
+    A sample longer than ``max_tokens`` gets a row of its own (never cut). Images are concatenated in
+    the order their image tokens appear in the rows, which is the order the model scatters them in.
+    """
+
+    pad_token_id: int
+    max_tokens: int = 4096
+    pad_to_multiple_of: int | None = None
+
+    def pack(self, lengths: list[int]) -> list[list[int]]:
+        """Rows of sample indices (first-fit decreasing); deterministic for given lengths."""
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+            n = lengths[i]
+            for r, free in enumerate(room):
+                if n <= free:
+                    rows[r].append(i)
+                    room[r] -= n
+                    break
+            else:
+                if n > self.max_tokens:
+                    logger.warning("sample of %d tokens is longer than packing_max_tokens=%d: it gets a row alone",
+                                   n, self.max_tokens)
+                rows.append([i])
+                room.append(self.max_tokens - n)
+        return rows
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        if any("position_ids" not in b for b in batch):
+            raise KeyError("PackedCollator needs each sample's 'position_ids' (LlavaDataset gives them)")
+        rows = self.pack([len(b["input_ids"]) for b in batch])
+        width = max(sum(len(batch[i]["input_ids"]) for i in row) for row in rows)
+        if self.pad_to_multiple_of:
+            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        shape = (len(rows), width)
+        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        labels = torch.full(shape, -100, dtype=torch.long)
+        positions = torch.zeros(shape, dtype=torch.long)
+        sequence_ids = torch.full(shape, -1, dtype=torch.long)
+        image_dicts = []
+        for r, row in enumerate(rows):
+            at = 0
+            for s, i in enumerate(row):
+                b = batch[i]
+                n = len(b["input_ids"])
+                ids[r, at:at + n] = b["input_ids"]
+                labels[r, at:at + n] = b["labels"]
+                labels[r, at] = -100
+                positions[r, at:at + n] = b["position_ids"]
+                sequence_ids[r, at:at + n] = s
+                if b.get("images"):
+                    image_dicts.append(b["images"])
+                at += n
+        out: dict[str, Any] = {"input_ids": ids, "attention_mask": (sequence_ids >= 0).long(), "labels": labels,
+                               "position_ids": positions, "sequence_ids": sequence_ids}
         if image_dicts:
             out["images"] = concat_image_dicts(image_dicts)
         return out

@@ -26,6 +26,7 @@ from mova.errors import PlaceholderMismatchError
 from mova.model.experts import build_expert
 from mova.model.fusion import VisualTokens, build_fusion, build_layout
 from mova.model.layout import BlockSpec, VisualLayout
+from mova.model.packing import packed_attention_inputs
 from mova.model.positions import position_ids_from_layout
 
 #: keys of ``MovaConfig.experts`` entries that are measured shapes, not ``ExpertConfig`` fields.
@@ -210,15 +211,22 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         images: dict[str, torch.Tensor] | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        sequence_ids: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Like the wrapped LLM's forward, plus ``images`` for the ``<image>`` tokens in ``input_ids``.
 
         When continuing a KV cache by hand, pass ``position_ids`` (``generate()`` does this for you):
         with compressed schemes the next id is not the cache length.
+
+        ``sequence_ids`` (``[B, L]``: which sample of its row each token belongs to, -1 for padding)
+        marks a packed batch (:class:`~mova.data.llava.PackedCollator`): attention then stays inside each
+        sample (:mod:`mova.model.packing`), and ``position_ids`` must be given, restarting per sample.
         """
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
+        if sequence_ids is not None:
+            self._check_packed(sequence_ids, position_ids, cache)
         if inputs_embeds is None and input_ids is not None:
             image_mask = input_ids == self.config.image_token_id
             if image_mask.any():
@@ -234,6 +242,11 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
                 input_ids = None
                 if labels is not None:
                     labels = labels.masked_fill(image_mask, -100)
+        if sequence_ids is not None:
+            dtype = inputs_embeds.dtype if inputs_embeds is not None else self.get_input_embeddings().weight.dtype
+            packed = packed_attention_inputs(sequence_ids, self.language_model.config._attn_implementation, dtype)
+            attention_mask = packed.pop("attention_mask")
+            kwargs.update(packed)
         return self.language_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -245,6 +258,19 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    @staticmethod
+    def _check_packed(sequence_ids: torch.Tensor, position_ids: torch.Tensor | None, cache: Any) -> None:
+        # Position ids cannot be derived from a packed row (each sample restarts at 0), and a KV cache
+        # continues one sequence per row, which a packed row is not.
+        if position_ids is None:
+            raise ValueError("sequence_ids (a packed batch) needs position_ids restarting at 0 for each sample; "
+                             "build packed batches with mova.data.llava.PackedCollator")
+        if cache is not None:
+            raise ValueError("sequence_ids (a packed batch) cannot be used with a KV cache")
+        if sequence_ids.shape != position_ids.shape:
+            raise ValueError(f"sequence_ids has shape {tuple(sequence_ids.shape)} but position_ids "
+                             f"{tuple(position_ids.shape)}; both are [batch, length]")
 
     def _prepare_position_ids_for_generation(self, inputs_tensor: torch.Tensor, model_kwargs: dict) -> torch.Tensor:
         # generate() builds prompt position ids from the attention mask alone, which is wrong for a

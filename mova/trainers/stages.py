@@ -16,7 +16,7 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from mova.config import RunConfig, to_dict
-from mova.data.llava import LlavaDataset, MovaCollator, dataset_summary, read_records
+from mova.data.llava import LlavaDataset, MovaCollator, PackedCollator, dataset_summary, read_records
 from mova.errors import ConfigError, UnknownNameError
 from mova.model.builder import build_model, load_pretrained
 from mova.model.modeling_mova import MovaForCausalLM
@@ -106,6 +106,13 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
     )
 
 
+def data_collator(cfg: RunConfig, pad_token_id: int) -> MovaCollator | PackedCollator:
+    """Padded batches, or packed rows when ``data.packing`` (the per-device batch is then samples per batch)."""
+    if cfg.data.packing:
+        return PackedCollator(pad_token_id=pad_token_id, max_tokens=cfg.data.packing_max_tokens)
+    return MovaCollator(pad_token_id=pad_token_id)
+
+
 def run_stage(cfg: RunConfig) -> dict[str, Any]:
     """Train one stage end to end; returns the run summary (also written to ``output_dir``)."""
     spec = stage_spec(cfg.stage)
@@ -132,7 +139,7 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=MovaCollator(pad_token_id=processor.tokenizer.pad_token_id),
+        data_collator=data_collator(cfg, processor.tokenizer.pad_token_id),
         max_nonfinite_in_a_row=cfg.train.max_nonfinite_in_a_row,
         group_by_modality_length=cfg.data.group_by_modality_length,
     )

@@ -1,0 +1,99 @@
+"""Attention inputs for packed rows: several samples in one row, none attending to another.
+
+Why not let transformers find the boundaries? Its padding-free path (``find_packed_sequence_indices``,
+and flash-attention's ``_is_packed_sequence``) starts a new sample wherever the position id does not
+grow by exactly one. Mova's compressed schemes repeat ids inside an image block (``share_by_row`` gives
+a whole row of SAM tokens one id), so that rule would cut one sample into many pieces. The boundaries
+are known exactly when the batch is built, so the collator passes them as ``sequence_ids`` and the mask
+is built here from them alone, in the form the LLM's attention implementation expects:
+
+* ``sdpa`` (and ``flex_attention`` through a ``BlockMask``): a boolean mask, True = may attend;
+* ``eager``: an additive float mask (0 or the dtype's minimum), which eager attention adds to the scores;
+* ``flash_attention_*``: no mask but ``cu_seq_lens`` over the flattened batch (the varlen kernel).
+
+transformers returns a ready 4D mask as is (``create_causal_mask`` exits early on a 4D tensor), so what
+is built here is what attention sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mova.errors import ConfigError
+
+#: attention implementations that take an additive float mask.
+ADDITIVE_MASK = ("eager",)
+#: attention implementations that take a boolean mask (True = attend).
+BOOLEAN_MASK = ("sdpa", "paged|sdpa")
+
+
+def packed_causal_mask_bool(sequence_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, L, L]`` bool: token q may see key k iff k <= q and both belong to the same sample.
+
+    Padding (``sequence_id < 0``) sees only itself: a query with no key at all would make softmax
+    produce NaN, and padding's outputs are never used (labels -100), while no real token sees padding.
+    """
+    seq = sequence_ids
+    length = seq.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()
+    same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0)
+    eye = torch.eye(length, dtype=torch.bool, device=seq.device)
+    return ((same & causal) | eye).unsqueeze(1)
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where attending, the dtype's minimum elsewhere (what eager attention adds to the scores)."""
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, torch.finfo(dtype).min)
+
+
+def flash_varlen_kwargs(sequence_ids: torch.Tensor) -> dict[str, Any]:
+    """``cu_seq_lens_*`` / ``max_length_*`` over the flattened ``[B * L]`` tokens, one span per sample.
+
+    A span ends where the sample id changes or a row ends; trailing padding forms its own span.
+    """
+    bsz, length = sequence_ids.shape
+    flat = sequence_ids.reshape(-1)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    starts[::length] = True  # every row starts a span, even if its first id equals the last row's last id
+    idx = starts.nonzero().flatten()
+    cu = torch.cat([idx, idx.new_tensor([bsz * length])]).to(torch.int32)
+    longest = int(cu.diff().max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
+def flex_block_mask(sequence_ids: torch.Tensor) -> Any:
+    """A flex-attention ``BlockMask`` with the same pattern as :func:`packed_causal_mask_bool`."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seq = sequence_ids
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        same = (seq[b, q] == seq[b, k]) & (seq[b, k] >= 0)
+        return (same & (k <= q)) | (q == k)
+
+    bsz, length = seq.shape
+    return create_block_mask(mask_mod, bsz, None, length, length, device=seq.device)
+
+
+def packed_attention_inputs(sequence_ids: torch.Tensor, attn_implementation: str,
+                            dtype: torch.dtype) -> dict[str, Any]:
+    """The LLM keyword arguments that keep packed samples apart under ``attn_implementation``.
+
+    Returns ``{"attention_mask": ...}`` and, for flash attention, the varlen ``cu_seq_lens`` keywords
+    (with ``attention_mask=None``, since a 2D mask would send flash attention down its unpadding path).
+    """
+    impl = attn_implementation or "eager"
+    if impl in BOOLEAN_MASK:
+        return {"attention_mask": packed_causal_mask_bool(sequence_ids)}
+    if impl in ADDITIVE_MASK:
+        return {"attention_mask": additive_mask(packed_causal_mask_bool(sequence_ids), dtype)}
+    if "flash" in impl:
+        return {"attention_mask": None, **flash_varlen_kwargs(sequence_ids)}
+    if impl == "flex_attention":
+        return {"attention_mask": flex_block_mask(sequence_ids)}
+    raise ConfigError(f"packed batches (sequence_ids) are not supported with attn_implementation={impl!r}; "
+                      "use sdpa, eager, flex_attention or flash_attention_2/3")

@@ -1,0 +1,144 @@
+"""Packed batches: same per-token logits and loss as padded ones, attention kept inside each sample."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from mova.config import DataConfig, load_run_config
+from mova.data.llava import LlavaDataset, MovaCollator, PackedCollator, read_records
+from mova.model.builder import build_model
+from mova.model.packing import flash_varlen_kwargs, packed_attention_inputs
+from mova.trainers.stages import run_stage
+from tests.conftest import tiny_model_config
+from tests.llava_fixtures import write_llava_dataset
+from tests.test_training import ROOT, TINY_LLM
+
+MAX_TOKENS = 420  # two image samples (161 visual tokens each) and a text-only one fit in a row
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("packing")
+    return write_llava_dataset(root, n=5, text_only=3)
+
+
+def _setup(data, scheme="share_by_row", attn="sdpa"):
+    torch.manual_seed(0)
+    model, processor = build_model(tiny_model_config(sam_scheme=scheme, overrides=[f"attn_implementation={attn}"]),
+                                   load_weights=False)
+    cfg = DataConfig(data_path=str(data), image_folder=str(data.parent))
+    ds = LlavaDataset(read_records(data), processor, cfg, "vicuna_v1", progress=False)
+    # Image and text-only samples of different lengths, in an order that packing must rearrange.
+    samples = [ds[i] for i in (0, 5, 1, 6, 2, 7, 3)]
+    return model.eval(), processor, samples
+
+
+def _per_sample(collator: PackedCollator, samples, logits):
+    """Each sample's logits cut out of the packed rows, in batch order."""
+    rows = collator.pack([len(s["input_ids"]) for s in samples])
+    out = [None] * len(samples)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            n = len(samples[i]["input_ids"])
+            out[i] = logits[r, at:at + n]
+            at += n
+    return out
+
+
+def _forward_both(model, processor, samples, **packed_overrides):
+    pad = processor.tokenizer.pad_token_id
+    padded = MovaCollator(pad)(samples)
+    collator = PackedCollator(pad, max_tokens=MAX_TOKENS)
+    packed = {**collator(samples), **packed_overrides}
+    packed = {k: v for k, v in packed.items() if v is not None or k == "attention_mask"}
+    with torch.no_grad():
+        ref = model(**padded)
+        out = model(**packed)
+    ref_logits = [ref.logits[i, :len(s["input_ids"])] for i, s in enumerate(samples)]
+    return ref, out, ref_logits, _per_sample(collator, samples, out.logits), collator(samples)
+
+
+@pytest.mark.parametrize("scheme,attn", [("full", "sdpa"), ("share_by_row", "sdpa"), ("share_by_row", "eager")])
+def test_packed_batch_matches_padded_batch(data, scheme, attn):
+    model, processor, samples = _setup(data, scheme, attn)
+    ref, out, ref_logits, packed_logits, batch = _forward_both(model, processor, samples)
+    assert batch["input_ids"].shape[0] < len(samples)  # several samples share a row
+    assert batch["attention_mask"].sum() == sum(len(s["input_ids"]) for s in samples)
+    for a, b in zip(ref_logits, packed_logits):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", ["full", "share_by_row"])
+def test_attention_across_samples_is_caught(data, scheme):
+    model, processor, samples = _setup(data, scheme)
+    # Plain causal attention over the row (no sequence_ids, the row's 2D mask): later samples see earlier ones.
+    _, _, ref_logits, packed_logits, _ = _forward_both(model, processor, samples, sequence_ids=None)
+    worst = max((a - b).abs().max().item() for a, b in zip(ref_logits, packed_logits))
+    assert worst > 1e-3, f"samples attending across the boundary went unnoticed ({worst:.2e})"
+    # transformers' own packed detection (no mask, boundaries where ids are not consecutive) is right only
+    # when ids are consecutive; under share_by_row it cuts image blocks apart.
+    _, _, ref_logits, packed_logits, _ = _forward_both(model, processor, samples, sequence_ids=None,
+                                                       attention_mask=None, use_cache=False)
+    worst = max((a - b).abs().max().item() for a, b in zip(ref_logits, packed_logits))
+    if scheme == "full":
+        assert worst < 1e-5
+    else:
+        assert worst > 1e-3, f"boundaries inferred from compressed ids went unnoticed ({worst:.2e})"
+
+
+def test_packed_position_ids_restart_and_match_the_model(data):
+    model, processor, samples = _setup(data, "share_by_row")
+    collator = PackedCollator(processor.tokenizer.pad_token_id, max_tokens=MAX_TOKENS)
+    batch = collator(samples)
+    rows = collator.pack([len(s["input_ids"]) for s in samples])
+    for r, row in enumerate(rows):
+        at = 0
+        for k, i in enumerate(row):
+            s = samples[i]
+            n = len(s["input_ids"])
+            pos = batch["position_ids"][r, at:at + n]
+            assert pos[0] == 0 and (batch["sequence_ids"][r, at:at + n] == k).all()
+            expected = model.compute_position_ids(s["input_ids"][None], None, s["images"])[0]
+            assert torch.equal(pos, expected)
+            assert batch["labels"][r, at] == -100  # no sample learns the next one's first token
+            at += n
+        assert (batch["sequence_ids"][r, at:] == -1).all() and (batch["attention_mask"][r, at:] == 0).all()
+    with pytest.raises(ValueError, match="needs position_ids"):
+        model(input_ids=batch["input_ids"], sequence_ids=batch["sequence_ids"], images=batch["images"])
+
+
+def test_mask_formats():
+    seq = torch.tensor([[0, 0, 1, 1, 1, -1], [0, 0, 0, 0, 0, 0]])
+    sdpa = packed_attention_inputs(seq, "sdpa", torch.float32)["attention_mask"]
+    assert sdpa.dtype == torch.bool and sdpa.shape == (2, 1, 6, 6)
+    assert sdpa[0, 0, 3].tolist() == [False, False, True, True, False, False]  # own sample, causal
+    assert sdpa[0, 0, 5].tolist() == [False] * 5 + [True]  # padding sees only itself (no NaN rows)
+    assert torch.equal(sdpa[1, 0], torch.ones(6, 6, dtype=torch.bool).tril())
+    eager = packed_attention_inputs(seq, "eager", torch.bfloat16)["attention_mask"]
+    assert eager.dtype == torch.bfloat16 and torch.equal(eager == 0, sdpa)
+    flash = flash_varlen_kwargs(seq)
+    assert flash["cu_seq_lens_q"].tolist() == [0, 2, 5, 6, 12] and flash["max_length_q"] == 6
+
+
+def test_run_stage_trains_with_packing(tmp_path):
+    data = write_llava_dataset(tmp_path, n=8, text_only=4)
+    cfg = {
+        "stage": "sft",
+        "model": {"experts": [{"family": "clip", "tiny": True},
+                              {"family": "sam", "tiny": True, "position_scheme": "share_by_row"}],
+                  "llm": {"config": TINY_LLM, "tokenizer": str(ROOT / "mova" / "assets" / "tiny-tokenizer")}},
+        "data": {"data_path": str(data), "image_folder": str(tmp_path), "packing": True, "packing_max_tokens": 300},
+        "train": {"max_steps": 3, "logging_steps": 1, "save_steps": 0, "report_to": [], "learning_rate": 3e-3,
+                  "per_device_train_batch_size": 4, "warmup_ratio": 0.0, "output_dir": str(tmp_path / "run")},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    summary = run_stage(load_run_config(path))
+    losses = list(summary["losses"].values())
+    assert summary["global_step"] == 3 and len(losses) == 3
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert summary["config"]["data"]["packing"] is True
