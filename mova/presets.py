@@ -18,7 +18,7 @@ TINY_LLM: dict[str, Any] = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "vocab_size": 512,
+    "vocab_size": 1024,
     "max_position_embeddings": 512,
     "rms_norm_eps": 1e-6,
     "tie_word_embeddings": False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import yaml
@@ -15,7 +17,14 @@ from tests.conftest import tiny_model_config
 from tests.llava_fixtures import write_llava_dataset
 from tests.test_training import ROOT, TINY_LLM
 
-MAX_TOKENS = 420  # two image samples (161 visual tokens each) and a text-only one fit in a row
+
+def _max_tokens(samples) -> int:
+    """Rows that hold two of the longest (image) samples and a short (text-only) one, whatever the tokenizer.
+
+    With 4 image and 3 text-only samples that makes three rows, the last one shorter (padded at its end).
+    """
+    lengths = sorted(len(s["input_ids"]) for s in samples)
+    return 2 * lengths[-1] + lengths[0] + 4
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +33,9 @@ def data(tmp_path_factory):
     return write_llava_dataset(root, n=5, text_only=3)
 
 
+@functools.cache
 def _setup(data, scheme="share_by_row", attn="sdpa"):
+    """Model, processor, samples and the padded batch's per-sample logits and loss (built once per case)."""
     torch.manual_seed(0)
     model, processor = build_model(tiny_model_config(sam_scheme=scheme, overrides=[f"attn_implementation={attn}"]),
                                    load_weights=False)
@@ -32,7 +43,10 @@ def _setup(data, scheme="share_by_row", attn="sdpa"):
     ds = LlavaDataset(read_records(data), processor, cfg, "vicuna_v1", progress=False)
     # Image and text-only samples of different lengths, in an order that packing must rearrange.
     samples = [ds[i] for i in (0, 5, 1, 6, 2, 7, 3)]
-    return model.eval(), processor, samples
+    with torch.no_grad():
+        ref = model.eval()(**MovaCollator(processor.tokenizer.pad_token_id)(samples))
+    ref_logits = [ref.logits[i, :len(s["input_ids"])] for i, s in enumerate(samples)]
+    return model, processor, samples, ref_logits, ref.loss
 
 
 def _per_sample(collator: PackedCollator, samples, logits):
@@ -48,42 +62,42 @@ def _per_sample(collator: PackedCollator, samples, logits):
     return out
 
 
-def _forward_both(model, processor, samples, **packed_overrides):
-    pad = processor.tokenizer.pad_token_id
-    padded = MovaCollator(pad)(samples)
-    collator = PackedCollator(pad, max_tokens=MAX_TOKENS)
-    packed = {**collator(samples), **packed_overrides}
-    packed = {k: v for k, v in packed.items() if v is not None or k == "attention_mask"}
+def _packed(model, processor, samples, **overrides):
+    """The packed batch's output, per-sample logits and the batch (``overrides`` replace its entries)."""
+    collator = PackedCollator(processor.tokenizer.pad_token_id, max_tokens=_max_tokens(samples))
+    batch = collator(samples)
+    inputs = {k: v for k, v in {**batch, **overrides}.items() if v is not None or k == "attention_mask"}
     with torch.no_grad():
-        ref = model(**padded)
-        out = model(**packed)
-    ref_logits = [ref.logits[i, :len(s["input_ids"])] for i, s in enumerate(samples)]
-    return ref, out, ref_logits, _per_sample(collator, samples, out.logits), collator(samples)
+        out = model(**inputs)
+    return out, _per_sample(collator, samples, out.logits), batch
+
+
+def _worst(a_list, b_list) -> float:
+    return max((a - b).abs().max().item() for a, b in zip(a_list, b_list))
 
 
 @pytest.mark.parametrize("scheme,attn", [("full", "sdpa"), ("share_by_row", "sdpa"), ("share_by_row", "eager")])
 def test_packed_batch_matches_padded_batch(data, scheme, attn):
-    model, processor, samples = _setup(data, scheme, attn)
-    ref, out, ref_logits, packed_logits, batch = _forward_both(model, processor, samples)
-    assert batch["input_ids"].shape[0] < len(samples)  # several samples share a row
+    model, processor, samples, ref_logits, ref_loss = _setup(data, scheme, attn)
+    out, packed_logits, batch = _packed(model, processor, samples)
+    assert batch["input_ids"].shape[0] == 3  # several samples share a row
     assert batch["attention_mask"].sum() == sum(len(s["input_ids"]) for s in samples)
     for a, b in zip(ref_logits, packed_logits):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
-    torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.loss, ref_loss, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("scheme", ["full", "share_by_row"])
 def test_attention_across_samples_is_caught(data, scheme):
-    model, processor, samples = _setup(data, scheme)
+    model, processor, samples, ref_logits, _ = _setup(data, scheme)
     # Plain causal attention over the row (no sequence_ids, the row's 2D mask): later samples see earlier ones.
-    _, _, ref_logits, packed_logits, _ = _forward_both(model, processor, samples, sequence_ids=None)
-    worst = max((a - b).abs().max().item() for a, b in zip(ref_logits, packed_logits))
+    _, packed_logits, _ = _packed(model, processor, samples, sequence_ids=None)
+    worst = _worst(ref_logits, packed_logits)
     assert worst > 1e-3, f"samples attending across the boundary went unnoticed ({worst:.2e})"
     # transformers' own packed detection (no mask, boundaries where ids are not consecutive) is right only
     # when ids are consecutive; under share_by_row it cuts image blocks apart.
-    _, _, ref_logits, packed_logits, _ = _forward_both(model, processor, samples, sequence_ids=None,
-                                                       attention_mask=None, use_cache=False)
-    worst = max((a - b).abs().max().item() for a, b in zip(ref_logits, packed_logits))
+    _, packed_logits, _ = _packed(model, processor, samples, sequence_ids=None, attention_mask=None, use_cache=False)
+    worst = _worst(ref_logits, packed_logits)
     if scheme == "full":
         assert worst < 1e-5
     else:
@@ -91,8 +105,8 @@ def test_attention_across_samples_is_caught(data, scheme):
 
 
 def test_packed_position_ids_restart_and_match_the_model(data):
-    model, processor, samples = _setup(data, "share_by_row")
-    collator = PackedCollator(processor.tokenizer.pad_token_id, max_tokens=MAX_TOKENS)
+    model, processor, samples, _, _ = _setup(data, "share_by_row")
+    collator = PackedCollator(processor.tokenizer.pad_token_id, max_tokens=_max_tokens(samples))
     batch = collator(samples)
     rows = collator.pack([len(s["input_ids"]) for s in samples])
     for r, row in enumerate(rows):

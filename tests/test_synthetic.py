@@ -72,7 +72,7 @@ def shape_from_fill(comp: list[tuple[int, int]]) -> str:
         return "square"
     if fill > 0.65:
         return "circle"
-    if fill > 0.44:
+    if fill > 0.46:
         return "triangle"
     return "star"
 

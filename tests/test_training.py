@@ -21,7 +21,7 @@ from tests.llava_fixtures import write_llava_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LLM = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 512}
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1024, "max_position_embeddings": 512}
 
 
 @pytest.fixture(scope="module")

@@ -85,8 +85,11 @@ class LlavaDataset(Dataset):
     """Tokenized LLaVA conversations with labels on the assistant turns only."""
 
     def __init__(self, records: list[dict[str, Any]], processor: MovaProcessor, cfg: DataConfig, template: str,
-                 progress: bool = True):
+                 progress: bool = True, feature_cache: Any = None):
         self.processor = processor
+        #: a FeatureCache whose experts were opened (checked) against the model; those experts never run.
+        self.feature_cache = feature_cache
+        self.cached = set(feature_cache.experts) if feature_cache is not None else set()
         self.cfg = cfg
         self.template = template
         self.records = records
@@ -171,18 +174,31 @@ class LlavaDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         info = self.items[i]
         rec = self.records[info.index]
-        try:
-            images = [load_image(p) for p in info.images]
-        except ImageLoadError as e:
-            raise BadRecordError(f"record {info.index} (id {info.id!r}): {e}") from e
-        pixels, ocr_lengths = self.processor.process_images(images)
+        pixels, ocr_lengths = self._images(info)
         segments = render(self.template, rec["conversations"], self.processor.tokenizer)
         ids, labels = self.processor.encode_segments(segments, ocr_lengths)
         input_ids = torch.tensor(ids)
         position_ids = sample_position_ids(input_ids, self.processor.layout, self.processor.image_token_id,
                                            ocr_lengths)
-        return {"input_ids": input_ids, "labels": torch.tensor(labels), "images": pixels if images else None,
+        return {"input_ids": input_ids, "labels": torch.tensor(labels), "images": pixels if info.images else None,
                 "index": info.index, "position_ids": position_ids}
+
+    def _images(self, info: RecordInfo) -> tuple[dict[str, torch.Tensor], list[tuple[int, ...]]]:
+        """Pixels (or cached features and cached OCR words) of a record's images."""
+        proc = self.processor
+        keys = [self.feature_cache.key_for(p) for p in info.images] if self.cached and info.images else []
+        ocr_words = {n: self.feature_cache.ocr_words(n, keys) for n in proc.ocr_experts if n in self.cached} \
+            if keys else {}
+        live = [n for n in (*proc.transforms, *proc.ocr_experts) if n not in self.cached]
+        try:
+            images = [load_image(p) for p in info.images] if live else [None] * len(info.images)
+        except ImageLoadError as e:
+            raise BadRecordError(f"record {info.index} (id {info.id!r}): {e}") from e
+        pixels, ocr_lengths = proc.process_images(images, ocr_words=ocr_words, skip=self.cached)
+        for name in proc.transforms:
+            if name in self.cached and keys:
+                pixels[f"{name}.features"] = self.feature_cache.lookup(name, keys)
+        return pixels, ocr_lengths
 
 
 def sample_position_ids(input_ids: torch.Tensor, layout: VisualLayout, image_token_id: int,

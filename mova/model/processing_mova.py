@@ -87,43 +87,54 @@ class MovaProcessor:
         return render_text(template or self.template, messages, self.tokenizer, add_generation_prompt)
 
     # --- images --------------------------------------------------------------------------------
-    def ocr_tokens(self, image: Image.Image) -> dict[str, tuple[list[int], list[list[float]]]]:
-        """Per OCR expert: word-piece ids of the words read off ``image`` and each piece's word box."""
-        out = {}
-        for name, expert in self.ocr_experts.items():
-            ids: list[int] = []
-            boxes: list[list[float]] = []
-            for k, word in enumerate(expert.read(image)):
-                pieces = self.tokenizer((" " if k else "") + word.text, add_special_tokens=False).input_ids
-                ids += pieces
-                boxes += [list(word.box)] * len(pieces)
-            cap = expert.cfg.max_tokens
-            if len(ids) > cap:
-                if not self._warned_ocr_cap:
-                    logger.warning("OCR expert %r read %d word pieces; keeping the first %d (max_tokens)",
-                                   name, len(ids), cap)
-                    self._warned_ocr_cap = True
-                ids, boxes = ids[:cap], boxes[:cap]
-            out[name] = (ids, boxes)
-        return out
+    def words_to_tokens(self, name: str, words: list[Any]) -> tuple[list[int], list[list[float]]]:
+        """Word-piece ids of OCR ``words`` (in reading order) and each piece's word box, capped at
+        the expert's ``max_tokens`` (with one warning per processor when the cap cuts)."""
+        ids: list[int] = []
+        boxes: list[list[float]] = []
+        for k, word in enumerate(words):
+            pieces = self.tokenizer((" " if k else "") + word.text, add_special_tokens=False).input_ids
+            ids += pieces
+            boxes += [list(word.box)] * len(pieces)
+        cap = self.ocr_experts[name].cfg.max_tokens
+        if len(ids) > cap:
+            if not self._warned_ocr_cap:
+                logger.warning("OCR expert %r read %d word pieces; keeping the first %d (max_tokens)",
+                               name, len(ids), cap)
+                self._warned_ocr_cap = True
+            ids, boxes = ids[:cap], boxes[:cap]
+        return ids, boxes
 
-    def process_images(self, images: list[Image.Image]) -> tuple[dict[str, torch.Tensor], list[tuple[int, ...]]]:
-        """The ``images`` dict for the model, and each image's OCR token counts (one per OCR expert)."""
+    def ocr_batch(self, name: str, tokens: list[tuple[list[int], list[list[float]]]]) -> dict[str, torch.Tensor]:
+        """``{name}.input_ids`` (-1 padded) and ``{name}.boxes`` for a list of images' OCR tokens."""
+        width = max([len(t[0]) for t in tokens] + [1])
+        ids = torch.full((len(tokens), width), -1, dtype=torch.long)
+        boxes = torch.zeros(len(tokens), width, 4)
+        for i, (t_ids, t_boxes) in enumerate(tokens):
+            if t_ids:
+                ids[i, : len(t_ids)] = torch.tensor(t_ids)
+                boxes[i, : len(t_ids)] = torch.tensor(t_boxes)
+        return {f"{name}.input_ids": ids, f"{name}.boxes": boxes}
+
+    def process_images(self, images: list[Image.Image], ocr_words: dict[str, list[list[Any]]] | None = None,
+                       skip: set[str] | frozenset[str] = frozenset()) -> tuple[dict[str, torch.Tensor],
+                                                                            list[tuple[int, ...]]]:
+        """The ``images`` dict for the model, and each image's OCR token counts (one per OCR expert).
+
+        ``ocr_words`` (per OCR expert, one word list per image, e.g. from a feature cache) replaces
+        running OCR; experts named in ``skip`` get no pixel tensor (their features come from a cache).
+        """
         batch: dict[str, torch.Tensor] = {}
         for name, transform in self.transforms.items():
-            batch[name] = torch.stack([transform(img) for img in images]) if images else torch.zeros(0)
-        ocr = [self.ocr_tokens(img) for img in images]
-        lengths = [tuple(len(o[n][0]) for n in self.ocr_experts) for o in ocr]
-        for name in self.ocr_experts:
-            width = max([len(o[name][0]) for o in ocr] + [1])
-            ids = torch.full((len(images), width), -1, dtype=torch.long)
-            boxes = torch.zeros(len(images), width, 4)
-            for i, o in enumerate(ocr):
-                n = len(o[name][0])
-                if n:
-                    ids[i, :n] = torch.tensor(o[name][0])
-                    boxes[i, :n] = torch.tensor(o[name][1])
-            batch[f"{name}.input_ids"], batch[f"{name}.boxes"] = ids, boxes
+            if name not in skip:
+                batch[name] = torch.stack([transform(img) for img in images]) if images else torch.zeros(0)
+        per_expert = []
+        for name, expert in self.ocr_experts.items():
+            words = (ocr_words or {}).get(name) or [expert.read(img) for img in images]
+            tokens = [self.words_to_tokens(name, w) for w in words]
+            batch.update(self.ocr_batch(name, tokens))
+            per_expert.append([len(t[0]) for t in tokens])
+        lengths = [tuple(col[i] for col in per_expert) for i in range(len(images))]
         return batch, lengths
 
     # --- text ----------------------------------------------------------------------------------

@@ -72,6 +72,20 @@ def configure_trainable(model: MovaForCausalLM, spec: StageSpec, cfg: RunConfig)
     return counts
 
 
+def open_feature_cache(root: str, model: MovaForCausalLM) -> Any:
+    """Open the cache of every frozen expert that has one; a stale cache raises, a missing one runs live."""
+    from mova.data.feature_cache import FeatureCache
+
+    cache = FeatureCache(root)
+    frozen = [n for n, e in model.experts.items() if e.cfg.frozen]
+    opened = cache.open_model(model, None)
+    for name in set(opened) - set(frozen):
+        cache.experts.pop(name, None)  # an expert being trained must run live
+    logger.info("feature cache %s: cached experts %s; live: %s", root, sorted(cache.experts),
+                sorted(set(model.experts) - set(cache.experts)))
+    return cache
+
+
 def training_arguments(cfg: RunConfig) -> TrainingArguments:
     t = cfg.train
     return TrainingArguments(
@@ -133,7 +147,8 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
         if dropped:
             logger.info("%s: leaving out %d text-only record(s): nothing trains on them", cfg.stage, dropped)
         records = kept
-    dataset = LlavaDataset(records, processor, cfg.data, template)
+    cache = open_feature_cache(cfg.data.feature_cache, model) if cfg.data.feature_cache else None
+    dataset = LlavaDataset(records, processor, cfg.data, template, feature_cache=cache)
     args = training_arguments(cfg)
     trainer = MovaTrainer(
         model=model,
