@@ -16,7 +16,7 @@ setup(
     install_requires=[
         "torch>=2.4,<=2.14.1",
         "torchvision>=0.19,<=0.29.1",
-        "transformers>=5.0",
+        "transformers>=5.24",
         "open_clip_torch>=2.24",
         "segment-anything>=1.0",
         "timm>=1.0",

@@ -18,8 +18,9 @@ and a wider CLIP tower at 224 px before the tiny LLM); ``gpu`` has real expert s
 Data: answers log-uniform in 8..400 tokens; ``sft`` also gets 25% text-only samples (``align`` leaves them
 out, as ``run_stage`` does).
 
-Features: built with :mod:`mova.data.feature_cache` (``build_cache`` + ``attach_cached_features``) when it
-works, else computed in memory by running each expert once; either way the timed steps only read them.
+Features: cached with :mod:`mova.data.feature_cache` (``build_cache``) and read back by ``LlavaDataset`` as
+in training (``data.feature_cache``) when that works, else computed in memory by running each expert once;
+either way the timed steps only read them.
 
 Model FLOPs (for TFLOP/s and, on a GPU, MFU against the chip's dense bf16 peak) count matrix products
 only, 2 FLOPs per multiply-add: the LLM ``4 x N_llm`` per non-pad token when it is frozen (forward +
@@ -129,41 +130,39 @@ def write_data(root: Path, n: int, tokenizer: Any, text_only: float, seed: int) 
     return path
 
 
-def load_samples(processor: Any, path: Path, template: str, drop_text_only: bool) -> tuple[list[dict], list[Path]]:
-    """Tokenized samples (images transformed) and each sample's image paths."""
+def load_samples(processor: Any, path: Path, template: str, drop_text_only: bool,
+                 feature_cache: Any = None) -> tuple[list[dict], list[Path]]:
+    """Tokenized samples (images transformed, or cached features read) and each sample's image paths."""
     records = json.loads(path.read_text())
     if drop_text_only:
         records = [r for r in records if "image" in r]
     cfg = DataConfig(data_path=str(path), image_folder=str(path.parent), verify_images=False)
-    ds = LlavaDataset(records, processor, cfg, template, progress=False)
+    kwargs = {"feature_cache": feature_cache} if feature_cache is not None else {}
+    ds = LlavaDataset(records, processor, cfg, template, progress=False, **kwargs)
     return [ds[i] for i in range(len(ds))], [ds.items[i].images for i in range(len(ds))]
 
 
 def with_features(model: MovaForCausalLM, processor: Any, samples: list[dict], paths: list[list[Path]],
-                  dtype: str, cache_root: Path) -> tuple[list[dict], str]:
-    """Samples whose pixel entries are replaced by ``{name}.features`` (experts never run again)."""
+                  dtype: str, cache_root: Path, reload: Any) -> tuple[list[dict], str]:
+    """The samples with each pixel expert's input replaced by ``{name}.features`` (experts never run).
+
+    Through the training path when it works (``build_cache``, then the dataset reading the cache);
+    ``reload(cache)`` rebuilds the samples from a cache.
+    """
     try:
-        return _features_from_cache(model, processor, samples, paths, dtype, cache_root), "feature_cache"
+        from mova.data.feature_cache import FeatureCache, build_cache
+
+        all_paths = sorted({str(p) for ps in paths for p in ps})
+        build_cache(model, processor, all_paths, cache_root, dtype=dtype, progress=False)
+        cache = FeatureCache(cache_root)
+        cache.open_model(model)
+        cached = reload(cache)
+        if not all(f"{n}.features" in s["images"] for s in cached if s.get("images") for n in cache.experts):
+            raise RuntimeError("the dataset did not read the cached features")
+        return cached, "feature_cache"
     except Exception as e:  # noqa: BLE001 - the cache module is young; the in-memory path measures the same
         logging.warning("feature cache unusable (%s: %s); computing features in memory", type(e).__name__, e)
         return _features_in_memory(model, samples), "in memory"
-
-
-def _features_from_cache(model: MovaForCausalLM, processor: Any, samples: list[dict], paths: list[list[Path]],
-                         dtype: str, cache_root: Path) -> list[dict]:
-    from mova.data.feature_cache import FeatureCache, attach_cached_features, build_cache
-
-    all_paths = sorted({str(p) for ps in paths for p in ps})
-    build_cache(model, processor, all_paths, cache_root, dtype=dtype, progress=False)
-    cache = FeatureCache(cache_root)
-    cache.open_model(model)
-    out = []
-    for s, ps in zip(samples, paths):
-        item = dict(s)
-        if s.get("images"):
-            item["images"] = attach_cached_features(s["images"], cache, [cache.key_for(p) for p in ps], model)
-        out.append(item)
-    return out
 
 
 @torch.no_grad()
@@ -294,6 +293,9 @@ def run_variants(model: MovaForCausalLM, variants: list[Variant], train_llm: boo
                  device: torch.device, clock: Any = time.perf_counter) -> None:
     """Warm each variant up, then time ``steps`` forward + backward + AdamW steps of each, interleaved.
 
+    The warm-up covers every batch that is timed (``max(warmup, len(batches))`` steps), so no timed step
+    pays for a shape seen for the first time (kernel selection, allocator growth: large on a GPU).
+
     Interleaving (one step of each variant per round, the order rotating) spreads any drift of a shared
     machine's load evenly over the variants, so their ratios stay meaningful even when absolute numbers
     wander. One optimizer serves all variants: throughput does not depend on the weights' values.
@@ -308,11 +310,11 @@ def run_variants(model: MovaForCausalLM, variants: list[Variant], train_llm: boo
         opt.zero_grad(set_to_none=True)
 
     for v in variants:
-        for i in range(warmup):
+        for i in range(max(warmup, len(v.batches))):
             step(v.batches[i % len(v.batches)][0])
     for i in range(steps):
         for v in variants[i % len(variants):] + variants[:i % len(variants)]:
-            batch, n = v.batches[(warmup + i) % len(v.batches)]
+            batch, n = v.batches[i % len(v.batches)]
             sync()
             with PeakMemory(device) as mem:
                 start = clock()
@@ -344,12 +346,13 @@ def bench_config(name: str, stage: str, args: argparse.Namespace, root: Path) ->
     model.fusion.requires_grad_(True)
     train_llm = stage == "sft"
     model.language_model.requires_grad_(train_llm)
-    n_batches = args.warmup + args.steps
+    n_batches = args.steps
     data = write_data(root / f"{name}-{stage}", args.batch_size * n_batches * 2, processor.tokenizer,
                       text_only=0.25, seed=args.seed)
     template = "plain" if stage == "align" else "vicuna_v1"
     samples, paths = load_samples(processor, data, template, drop_text_only=stage == "align")
-    feats, source = with_features(model, processor, samples, paths, dtype_name, root / f"cache-{name}")
+    feats, source = with_features(model, processor, samples, paths, dtype_name, root / f"cache-{name}",
+                                  lambda cache: load_samples(processor, data, template, stage == "align", cache)[0])
     longest = max(len(s["input_ids"]) for s in samples)
     max_tokens = args.max_tokens or math.ceil(longest / 64) * 64
     pad = processor.tokenizer.pad_token_id
@@ -401,17 +404,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--batch-size", type=int, default=16, help="samples per step (padded or packed)")
     p.add_argument("--max-tokens", type=int, default=0, help="packed row length (default: longest sample)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1,
+                   help="warm-up steps per variant; at least one pass over the timed batches is always made")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="cpu: time the main thread's CPU time, with one torch thread (fair on a shared, busy "
                         "machine, where wall time mostly measures the other tenants)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="1 warm-up step and 2 timed steps per variant")
+    p.add_argument("--quick", action="store_true", help="2 timed steps per variant (and 2 warm-up steps)")
     args = p.parse_args(argv)
     if args.quick:
-        args.warmup, args.steps = 1, 2
+        args.steps = 2
     if args.clock == "cpu":
         if args.device != "cpu":
             raise SystemExit("--clock cpu is for CPU runs")
@@ -426,9 +430,11 @@ def main(argv: list[str] | None = None) -> None:
             for stage in args.stages.split(","):
                 print(f"{name} / {stage} ...", file=sys.stderr, flush=True)
                 results += bench_config(name, stage, args, Path(tmp))
+                print(markdown(results, args.device), file=sys.stderr, flush=True)  # partial results as they come
     device = args.device + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else
                             f" ({torch.get_num_threads()} threads)")
-    print(f"\n{device}, {args.dtype}, {args.batch_size} samples/step, {args.warmup} warm-up + {args.steps} timed "
+    print(f"\n{device}, {args.dtype}, {args.batch_size} samples/step, {max(args.warmup, args.steps)} warm-up + "
+          f"{args.steps} timed "
           f"steps per variant (interleaved), {args.clock} clock, torch {torch.__version__}\n")
     print(markdown(results, args.device))
 

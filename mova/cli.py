@@ -83,7 +83,13 @@ register_command("train", "train a stage (align | sft) from a YAML recipe with k
                  _train_args, _train_run)
 
 
+def _register_plugins() -> None:
+    """Sub-commands that live beside their library code."""
+    import mova.cache_cli  # noqa: F401  (mova cache-features)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _register_plugins()
     parser = argparse.ArgumentParser(prog="mova", description="Poly-visual-expert VLM training and alignment")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args, _) in COMMANDS.items():
@@ -103,4 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this __main__ copy: plugins register into `mova.cli`.
+    from mova.cli import main as _main
+
+    sys.exit(_main())
