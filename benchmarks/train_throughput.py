@@ -386,10 +386,9 @@ def markdown(results: list[Result], device: str) -> str:
         kind, src = r.batching.split()[0], r.experts.split()[0]
         pack = r.tokens_s / same[("padded", src)].tokens_s if kind == "packed" else None
         feat = r.samples_s / same[(kind, "live")].samples_s if src == "features" else None
-        mem_label = f"{r.peak_mib:,.0f}"
         lines.append(
             f"| {r.config} | {r.stage} | {r.batching} | {r.experts} | {r.samples_s:,.1f} | {r.tokens_s:,.0f} "
-            f"| {100 * r.pad_frac:.0f} | {r.step_ms:,.1f} | {mem_label} | {r.tflops:.3f} "
+            f"| {100 * r.pad_frac:.0f} | {r.step_ms:,.1f} | {r.peak_mib:,.0f} | {r.tflops:.3f} "
             f"| {'-' if r.mfu is None else f'{100 * r.mfu:.1f}%'} | {'-' if pack is None else f'{pack:.2f}'} "
             f"| {'-' if feat is None else f'{feat:.2f}'} |")
     mem = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "peak process RSS during timed steps"
@@ -434,8 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     device = args.device + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else
                             f" ({torch.get_num_threads()} threads)")
     print(f"\n{device}, {args.dtype}, {args.batch_size} samples/step, {max(args.warmup, args.steps)} warm-up + "
-          f"{args.steps} timed "
-          f"steps per variant (interleaved), {args.clock} clock, torch {torch.__version__}\n")
+          f"{args.steps} timed steps per variant (interleaved), {args.clock} clock, torch {torch.__version__}\n")
     print(markdown(results, args.device))
 
 
