@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from mova.presets import TINY_LLM, TINY_TOKENIZER
+
 COLORS = {"red": (220, 30, 30), "green": (30, 160, 60), "blue": (40, 60, 220)}
 
 
@@ -29,3 +31,17 @@ def write_llava_dataset(root: Path, n: int = 24, text_only: int = 4) -> Path:
             {"from": "gpt", "value": " ".join(str(k) for k in range(1, j + 3))}]})
     (root / "data.json").write_text(json.dumps(records))
     return root / "data.json"
+
+
+def tiny_recipe(data: Path, image_folder: Path, stage: str = "align", data_extra: dict | None = None,
+                **train: object) -> dict:
+    """A run config (as a dict) on a 2-expert tiny model: quick enough for in-process trainer tests."""
+    return {
+        "stage": stage,
+        "model": {"experts": [{"family": "clip", "tiny": True},
+                              {"family": "sam", "tiny": True, "position_scheme": "share_by_row"}],
+                  "llm": {"config": dict(TINY_LLM), "tokenizer": str(TINY_TOKENIZER)}},
+        "data": {"data_path": str(data), "image_folder": str(image_folder), **(data_extra or {})},
+        "train": {"logging_steps": 1, "report_to": [], "learning_rate": 3e-3, "per_device_train_batch_size": 4,
+                  "warmup_ratio": 0.0, **train},
+    }

@@ -14,8 +14,7 @@ from mova.model.builder import build_model
 from mova.model.packing import flash_varlen_kwargs, packed_attention_inputs
 from mova.trainers.stages import run_stage
 from tests.conftest import tiny_model_config
-from tests.llava_fixtures import write_llava_dataset
-from tests.test_training import ROOT, TINY_LLM
+from tests.llava_fixtures import tiny_recipe, write_llava_dataset
 
 
 def _max_tokens(samples) -> int:
@@ -140,15 +139,8 @@ def test_mask_formats():
 
 def test_run_stage_trains_with_packing(tmp_path):
     data = write_llava_dataset(tmp_path, n=8, text_only=4)
-    cfg = {
-        "stage": "sft",
-        "model": {"experts": [{"family": "clip", "tiny": True},
-                              {"family": "sam", "tiny": True, "position_scheme": "share_by_row"}],
-                  "llm": {"config": TINY_LLM, "tokenizer": str(ROOT / "mova" / "assets" / "tiny-tokenizer")}},
-        "data": {"data_path": str(data), "image_folder": str(tmp_path), "packing": True, "packing_max_tokens": 300},
-        "train": {"max_steps": 3, "logging_steps": 1, "save_steps": 0, "report_to": [], "learning_rate": 3e-3,
-                  "per_device_train_batch_size": 4, "warmup_ratio": 0.0, "output_dir": str(tmp_path / "run")},
-    }
+    cfg = tiny_recipe(data, tmp_path, stage="sft", data_extra={"packing": True, "packing_max_tokens": 300},
+                      max_steps=3, save_steps=0, output_dir=str(tmp_path / "run"))
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     summary = run_stage(load_run_config(path))

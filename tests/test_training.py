@@ -18,26 +18,16 @@ from mova.config import load_run_config
 from mova.model.builder import load_pretrained
 from mova.trainers.base import NonFiniteLossError
 from mova.trainers.stages import run_stage
-from tests.llava_fixtures import write_llava_dataset
+from tests.llava_fixtures import tiny_recipe, write_llava_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_LLM = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1024, "max_position_embeddings": 512}
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     data = write_llava_dataset(root, n=20, text_only=4)
-    cfg = {
-        "stage": "align",
-        "model": {"experts": [{"family": "clip", "tiny": True},
-                              {"family": "sam", "tiny": True, "position_scheme": "share_by_row"}],
-                  "llm": {"config": TINY_LLM, "tokenizer": str(ROOT / "mova" / "assets" / "tiny-tokenizer")}},
-        "data": {"data_path": str(data), "image_folder": str(root)},
-        "train": {"max_steps": 6, "logging_steps": 1, "save_steps": 2, "report_to": [], "learning_rate": 3e-3,
-                  "per_device_train_batch_size": 4, "warmup_ratio": 0.0},
-    }
+    cfg = tiny_recipe(data, root, max_steps=6, save_steps=2)
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
