@@ -94,6 +94,9 @@ def train_and_evaluate(demo: DemoConfig, variant: str, model_cfg: ModelConfig | 
     result.pop("predictions", None)
     result.update(seconds=round(time.perf_counter() - t0, 1), align_loss=align["last_loss"],
                   sft_loss=sft["last_loss"], train_records=meta.get("counts"))
+    (root / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[{variant}] held-out accuracy {result['overall']:.1%}: "
+          + ", ".join(f"{t} {a:.0%}" for t, a in result["per_type"].items()), flush=True)
     return result
 
 
