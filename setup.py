@@ -26,11 +26,16 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "numpy",
+        "accelerate>=1.1",
+        "peft>=0.13",
+        "tensorboard>=2.14",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "ocr": ["rapidocr-onnxruntime>=1.3"],
         "deepspeed": ["deepspeed>=0.15"],
-        "dev": ["pytest>=8", "ruff>=0.6", "rapidocr-onnxruntime>=1.3"],
+        # The tests run DeepSpeed ZeRO-2/3 on CPU and read words with the real OCR engine.
+        "dev": ["pytest>=8", "ruff>=0.6", "rapidocr-onnxruntime>=1.3", "deepspeed>=0.15"],
     },
     entry_points={"console_scripts": ["mova=mova.cli:main"]},
 )
