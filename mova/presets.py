@@ -21,6 +21,9 @@ TINY_LLM: dict[str, Any] = {
     "vocab_size": 1024,
     "max_position_embeddings": 512,
     "rms_norm_eps": 1e-6,
+    # A larger init than the 0.02 of big LLMs: at width 64 it got the demo's sft out of the answer-prior
+    # plateau much sooner (measured: shape/colour/count 84-96% vs 56-72% after 800 steps).
+    "initializer_range": 0.1,
     "tie_word_embeddings": False,
 }
 
