@@ -105,7 +105,3 @@ def position_ids_from_layout(local: torch.Tensor, advance: torch.Tensor, start: 
         start_t = start_t.unsqueeze(-1)
     return start_t + excl + local
 
-
-def next_position(local: torch.Tensor, advance: torch.Tensor) -> torch.Tensor:
-    """The first free position id after each row (what the next generated token receives)."""
-    return advance.sum(dim=-1)
