@@ -61,7 +61,7 @@ register_command("demo", "train the tiny model on synthetic data and report held
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stage", help="align | sft")
+    p.add_argument("stage", help="align | sft | dpo")
     p.add_argument("--config", help="a stage YAML (train/configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50")
 
@@ -72,7 +72,13 @@ def _train_run(args: argparse.Namespace) -> int:
     from mova.config import load_run_config
     from mova.trainers.stages import run_stage
 
-    summary = run_stage(load_run_config(args.config, args.overrides, stage=args.stage))
+    cfg = load_run_config(args.config, args.overrides, stage=args.stage)
+    if args.stage == "dpo":
+        from mova.trainers.dpo import run_dpo
+
+        summary = run_dpo(cfg)
+    else:
+        summary = run_stage(cfg)
     keys = ("stage", "global_step", "first_loss", "last_loss", "train_runtime_s", "tokens_per_second",
             "nonfinite_steps_skipped", "data", "final_model")
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
@@ -86,6 +92,7 @@ register_command("train", "train a stage (align | sft) from a YAML recipe with k
 def _register_plugins() -> None:
     """Sub-commands that live beside their library code."""
     import mova.cache_cli  # noqa: F401  (mova cache-features)
+    import mova.safety_cli  # noqa: F401  (mova eval safety)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,6 +173,40 @@ class TrainConfig:
 
 
 @dataclass
+class DpoConfig:
+    """Preference optimisation (``mova train dpo``); ``data.data_path`` names the pairs.
+
+    ``data.data_path`` is a SPA-VL source (the hub id ``sqrti/SPA-VL`` or a local folder with its
+    parquet layout) or a JSONL file of text pairs.
+    """
+
+    beta: float = 0.1
+    #: sigmoid (DPO) | robust | hinge | ipo (mova.trainers.dpo_loss).
+    loss_type: str = "sigmoid"
+    #: sigmoid: conservative (cDPO) smoothing; robust: the assumed rate of flipped labels.
+    label_smoothing: float = 0.0
+    #: score responses by mean token log-prob instead of the sum (ipo always does).
+    length_normalize: bool = False
+    #: copy (a frozen copy of the start model) | adapters_off (LoRA base, no second copy) |
+    #: precomputed (reference log-probs computed in one pass before training).
+    reference: str = "copy"
+    #: shared (prompt and image encoded once per pair, responses packed as a tree) | padded.
+    pair_encoding: str = "shared"
+    #: longest packed row in tokens for pair_encoding=shared.
+    max_tokens_per_row: int = 4096
+    #: train the fusion network too (the LLM always trains, fully or through LoRA).
+    train_fusion: bool = False
+    #: SPA-VL config and split (default / train; validation / validation).
+    spavl_config: str = "default"
+    split: str | None = None
+    class1: list[str] = field(default_factory=list)
+    class2: list[str] = field(default_factory=list)
+    class3: list[str] = field(default_factory=list)
+    #: use only the first N pairs (after filtering).
+    limit: int | None = None
+
+
+@dataclass
 class RunConfig:
     """One training stage: the model (a config, or ``init_from`` a saved checkpoint), data, training."""
 
@@ -182,6 +216,7 @@ class RunConfig:
     init_from: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
 
 
 T = TypeVar("T")

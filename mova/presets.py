@@ -34,7 +34,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"family": "sam", "tiny": True, "position_scheme": "share_by_row"},
             {"family": "layoutlmv3", "tiny": True, "position_scheme": "full"},
             {"family": "timm", "tiny": True, "position_scheme": "full"},
-            {"family": "ocr_text", "max_tokens": 16, "position_scheme": "full"},
+            # RapidOCR upsamples an image until its short side reaches det_limit_side_len (736 by default):
+            # 160 keeps the demo's 128 px images near their size, 31 vs 279 ms per image with the same
+            # words read (measured on the synthetic set, 2 CPU cores).
+            {"family": "ocr_text", "max_tokens": 16, "position_scheme": "full",
+             "kwargs": {"det_limit_side_len": 160}},
         ],
         "fusion": {"type": "mlp"},
         "llm": {"config": TINY_LLM, "tokenizer": str(TINY_TOKENIZER)},

@@ -86,6 +86,14 @@ def _vicuna(messages: list[dict[str, str]], add_generation_prompt: bool, tokeniz
     return segs
 
 
+@register_template("raw")
+def _raw(messages: list[dict[str, str]], add_generation_prompt: bool, tokenizer: Any) -> list[Segment]:
+    """Texts as they are, each answer followed by EOS: plain-text preference data (``prompt + chosen``)."""
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    return [Segment(m["content"] + eos, is_target=True) if m["role"] == "assistant" else Segment(m["content"])
+            for m in messages]
+
+
 @register_template("tokenizer")
 def _tokenizer_template(messages: list[dict[str, str]], add_generation_prompt: bool, tokenizer: Any) -> list[Segment]:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):

@@ -212,6 +212,7 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
         images: dict[str, torch.Tensor] | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         sequence_ids: torch.LongTensor | None = None,
+        branch_ids: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Like the wrapped LLM's forward, plus ``images`` for the ``<image>`` tokens in ``input_ids``.
@@ -222,6 +223,8 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
         ``sequence_ids`` (``[B, L]``: which sample of its row each token belongs to, -1 for padding)
         marks a packed batch (:class:`~mova.data.llava.PackedCollator`): attention then stays inside each
         sample (:mod:`mova.model.packing`), and ``position_ids`` must be given, restarting per sample.
+        ``branch_ids`` (with ``sequence_ids``) makes each sample a shared prompt (branch 0) followed by
+        responses that see the prompt but not each other: a DPO pair scored in one pass.
         """
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
@@ -244,7 +247,8 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
                     labels = labels.masked_fill(image_mask, -100)
         if sequence_ids is not None:
             dtype = inputs_embeds.dtype if inputs_embeds is not None else self.get_input_embeddings().weight.dtype
-            packed = packed_attention_inputs(sequence_ids, self.language_model.config._attn_implementation, dtype)
+            packed = packed_attention_inputs(sequence_ids, self.language_model.config._attn_implementation, dtype,
+                                             branch_ids)
             attention_mask = packed.pop("attention_mask")
             kwargs.update(packed)
         return self.language_model(

@@ -29,16 +29,24 @@ ADDITIVE_MASK = ("eager",)
 BOOLEAN_MASK = ("sdpa", "paged|sdpa")
 
 
-def packed_causal_mask_bool(sequence_ids: torch.Tensor) -> torch.Tensor:
+def packed_causal_mask_bool(sequence_ids: torch.Tensor, branch_ids: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, 1, L, L]`` bool: token q may see key k iff k <= q and both belong to the same sample.
 
     Padding (``sequence_id < 0``) sees only itself: a query with no key at all would make softmax
     produce NaN, and padding's outputs are never used (labels -100), while no real token sees padding.
+
+    ``branch_ids`` turns each sample into a tree with one shared trunk: branch 0 is the trunk (a
+    preference pair's prompt, image tokens included) and branches 1, 2, ... (its chosen and rejected
+    responses) each see the trunk and themselves but never one another. One forward pass then scores
+    both responses of a pair while the prompt runs through the LLM once.
     """
     seq = sequence_ids
     length = seq.shape[-1]
     causal = torch.ones(length, length, dtype=torch.bool, device=seq.device).tril()
     same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0)
+    if branch_ids is not None:
+        key_branch = branch_ids[:, None, :]
+        same = same & ((key_branch == 0) | (key_branch == branch_ids[:, :, None]))
     eye = torch.eye(length, dtype=torch.bool, device=seq.device)
     return ((same & causal) | eye).unsqueeze(1)
 
@@ -65,14 +73,15 @@ def flash_varlen_kwargs(sequence_ids: torch.Tensor) -> dict[str, Any]:
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 
-def flex_block_mask(sequence_ids: torch.Tensor) -> Any:
+def flex_block_mask(sequence_ids: torch.Tensor, branch_ids: torch.Tensor | None = None) -> Any:
     """A flex-attention ``BlockMask`` with the same pattern as :func:`packed_causal_mask_bool`."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     seq = sequence_ids
+    branch = branch_ids if branch_ids is not None else torch.zeros_like(seq)
 
     def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        same = (seq[b, q] == seq[b, k]) & (seq[b, k] >= 0)
+        same = (seq[b, q] == seq[b, k]) & (seq[b, k] >= 0) & ((branch[b, k] == 0) | (branch[b, k] == branch[b, q]))
         return (same & (k <= q)) | (q == k)
 
     bsz, length = seq.shape
@@ -80,20 +89,25 @@ def flex_block_mask(sequence_ids: torch.Tensor) -> Any:
 
 
 def packed_attention_inputs(sequence_ids: torch.Tensor, attn_implementation: str,
-                            dtype: torch.dtype) -> dict[str, Any]:
+                            dtype: torch.dtype, branch_ids: torch.Tensor | None = None) -> dict[str, Any]:
     """The LLM keyword arguments that keep packed samples apart under ``attn_implementation``.
 
     Returns ``{"attention_mask": ...}`` and, for flash attention, the varlen ``cu_seq_lens`` keywords
     (with ``attention_mask=None``, since a 2D mask would send flash attention down its unpadding path).
+    ``branch_ids`` (shared-prompt trees, see :func:`packed_causal_mask_bool`) need a mask, so flash
+    attention's varlen spans cannot express them.
     """
     impl = attn_implementation or "eager"
     if impl in BOOLEAN_MASK:
-        return {"attention_mask": packed_causal_mask_bool(sequence_ids)}
+        return {"attention_mask": packed_causal_mask_bool(sequence_ids, branch_ids)}
     if impl in ADDITIVE_MASK:
-        return {"attention_mask": additive_mask(packed_causal_mask_bool(sequence_ids), dtype)}
+        return {"attention_mask": additive_mask(packed_causal_mask_bool(sequence_ids, branch_ids), dtype)}
     if "flash" in impl:
+        if branch_ids is not None:
+            raise ConfigError(f"shared-prompt pair packing needs an attention mask, which {impl} cannot take; "
+                              "use attn_implementation=sdpa (or flex_attention), or dpo.pair_encoding=padded")
         return {"attention_mask": None, **flash_varlen_kwargs(sequence_ids)}
     if impl == "flex_attention":
-        return {"attention_mask": flex_block_mask(sequence_ids)}
+        return {"attention_mask": flex_block_mask(sequence_ids, branch_ids)}
     raise ConfigError(f"packed batches (sequence_ids) are not supported with attn_implementation={impl!r}; "
                       "use sdpa, eager, flex_attention or flash_attention_2/3")

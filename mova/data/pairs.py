@@ -1,0 +1,365 @@
+"""Preference pairs as model inputs: one shared prompt, two responses, scored in one pass.
+
+A pair (question, image, chosen, rejected) shares everything up to the response. The usual DPO batch
+(TRL's) stacks ``[prompt + chosen; prompt + rejected]`` padded to one width, so the visual experts, the
+fusion network and the LLM all process the prompt twice, and padding costs as much as real tokens.
+:class:`SharedPromptCollator` instead lays each pair out once -- prompt (branch 0), chosen (branch 1),
+rejected (branch 2) -- packs several pairs into a row with no padding between them, and gives the
+model ``sequence_ids`` and ``branch_ids`` so that attention is a tree: each response sees its prompt
+and itself, never the other response nor another pair (:func:`mova.model.packing.packed_causal_mask_bool`).
+Both responses continue the prompt's position ids, so every token sees exactly the context and
+positions it would see alone. :class:`PaddedPairCollator` is the stacked layout, kept as the
+reference the tests compare against and as the benchmark's baseline.
+
+Both collators describe which logits score which tokens in ``score_*`` tensors, so one function
+(:func:`response_logps`) computes the summed response log-probs for either layout: a response's first
+token is predicted from the prompt's last position, which in the shared layout is not the position
+just before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from mova.data.llava import concat_image_dicts, sample_position_ids
+from mova.data.templates import IMAGE_PLACEHOLDER, render
+from mova.errors import ConfigError, MovaError
+
+logger = logging.getLogger(__name__)
+
+CHOSEN, REJECTED = 1, 2
+
+
+class BadPairError(MovaError, ValueError):
+    """A preference pair that cannot be encoded (too long, placeholder mismatch...), named by index and id."""
+
+
+@dataclass
+class EncodedPair:
+    """Token ids and position ids of one pair; ``images`` is the processed prompt image (or ``None``)."""
+
+    index: int
+    prompt_ids: torch.Tensor
+    prompt_positions: torch.Tensor
+    chosen_ids: torch.Tensor
+    rejected_ids: torch.Tensor
+    images: dict[str, torch.Tensor] | None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+    def response_positions(self, n: int) -> torch.Tensor:
+        """A response continues from the prompt's last position (text advances by one per token)."""
+        start = int(self.prompt_positions[-1]) + 1 if len(self.prompt_positions) else 0
+        return torch.arange(start, start + n)
+
+
+class PairEncoder:
+    """Turn :class:`~mova.data.preference.PreferencePair` records into :class:`EncodedPair` tensors.
+
+    ``processor`` is a :class:`~mova.model.processing_mova.MovaProcessor` (images allowed) or a plain
+    tokenizer (text-only models). With a template the prompt and each response are rendered as chat
+    turns and tokenized segment by segment, so the prompt's ids are exactly a prefix of both sequences.
+    With ``template="raw"`` and a plain tokenizer the texts are joined as ``prompt + response + eos`` and
+    tokenized whole, the prompt ending where the joined tokenizations diverge: the layout TRL's
+    ``DPOTrainer`` builds for non-conversational data (and what the parity test compares against).
+    """
+
+    def __init__(self, processor: Any, template: str, max_length: int | None = None):
+        self.processor = processor
+        self.template = template
+        self.max_length = max_length
+        self.is_mova = hasattr(processor, "process_images")
+        self.tokenizer = processor.tokenizer if self.is_mova else processor
+        if template != "raw":
+            render(template, [{"from": "human", "value": "x"}], self.tokenizer)  # unknown names fail here
+
+    # --- text ---------------------------------------------------------------------------------
+    def _segments(self, prompt: list[dict[str, str]], response: str) -> tuple[list[Any], Any]:
+        segs = render(self.template, [*prompt, {"from": "gpt", "value": response}], self.tokenizer)
+        if not segs or not segs[-1].is_target:
+            raise ValueError(f"template {self.template!r} rendered no response segment")
+        return segs[:-1], segs[-1]
+
+    def _raw_ids(self, prompt: list[dict[str, str]], chosen: str, rejected: str) -> tuple[list[int], ...]:
+        tok = self.tokenizer
+        text = "".join(m["value"] for m in prompt)
+        eos = tok.eos_token or ""
+        p = tok(text).input_ids
+        pc = tok(text + chosen + eos).input_ids
+        pr = tok(text + rejected + eos).input_ids
+        n = min(_common_prefix(p, pc), _common_prefix(p, pr))
+        return p[:n], pc[n:], pr[n:]
+
+    def encode(self, pair: Any, index: int | None = None) -> EncodedPair:
+        """Encode one pair; errors name the pair (index and id)."""
+        idx = pair.index if index is None else index
+        try:
+            return self._encode(pair, idx)
+        except (ValueError, KeyError) as e:
+            raise BadPairError(f"pair {idx} (id {pair.id!r}): {e}") from e
+
+    def _encode(self, pair: Any, index: int) -> EncodedPair:
+        prompt = [dict(m) for m in pair.prompt]
+        n_placeholders = sum(m["value"].count(IMAGE_PLACEHOLDER) for m in prompt)
+        has_image = pair.image is not None
+        if has_image and not self.is_mova:
+            raise ValueError("has an image but the model is text-only")
+        if n_placeholders != int(has_image):
+            raise ValueError(f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {int(has_image)} image(s)")
+        images, ocr_lengths = None, []
+        if has_image:
+            images, ocr_lengths = self.processor.process_images([pair.image])
+        if self.template == "raw" and not self.is_mova:
+            p, c, r = self._raw_ids(prompt, pair.chosen, pair.rejected)
+            prompt_ids = torch.tensor(p)
+            positions = torch.arange(len(p))
+        else:
+            prompt_segs, chosen_seg = self._segments(prompt, pair.chosen)
+            _, rejected_seg = self._segments(prompt, pair.rejected)
+            if self.is_mova:
+                ids, _ = self.processor.encode_segments(prompt_segs, list(ocr_lengths))
+                c, _ = self.processor.encode_segments([chosen_seg], [], add_special_tokens=False)
+                r, _ = self.processor.encode_segments([rejected_seg], [], add_special_tokens=False)
+                prompt_ids = torch.tensor(ids)
+                positions = sample_position_ids(prompt_ids, self.processor.layout, self.processor.image_token_id,
+                                                list(ocr_lengths))
+            else:
+                bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+                ids = bos + [t for s in prompt_segs for t in self.tokenizer(s.text, add_special_tokens=False).input_ids]
+                c = self.tokenizer(chosen_seg.text, add_special_tokens=False).input_ids
+                r = self.tokenizer(rejected_seg.text, add_special_tokens=False).input_ids
+                prompt_ids = torch.tensor(ids)
+                positions = torch.arange(len(ids))
+        if not c or not r:
+            raise ValueError("a response encodes to no tokens")
+        enc = EncodedPair(index, prompt_ids, positions, torch.tensor(c), torch.tensor(r), images)
+        longest = len(prompt_ids) + max(len(c), len(r))
+        if self.max_length and longest > self.max_length:
+            raise ValueError(f"too long: prompt + response = {longest} tokens > max_length {self.max_length}")
+        return enc
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PairDataset(Dataset):
+    """Pairs encoded lazily (image processing happens in ``__getitem__``, i.e. in loader workers).
+
+    Text is encoded up front to learn each pair's length (for length-grouped batches) and to reject
+    pairs that cannot be used before training starts; ``skip_invalid`` turns those errors into counted
+    skips.
+    """
+
+    def __init__(self, pairs: Any, encoder: PairEncoder, skip_invalid: bool = False):
+        self.pairs = pairs
+        self.encoder = encoder
+        self.skipped: list[tuple[int, str, str]] = list(getattr(pairs, "skipped", []))
+        self.keep: list[int] = []
+        self._lengths: list[int] = []
+        layout = getattr(encoder.processor, "layout", None)
+        visual = layout.num_tokens(tuple(b.max_tokens for b in layout.ocr_blocks)) if layout is not None else 0
+        for i, pair in enumerate(pairs):
+            try:
+                # Text only here (images are processed per batch); visual tokens are counted from the layout.
+                enc = encoder.encode(_WithoutImage(pair) if pair.image is not None else pair, i)
+            except BadPairError as e:
+                if not skip_invalid:
+                    raise
+                logger.warning("skipping %s", e)
+                self.skipped.append((i, str(pair.id), str(e)))
+                continue
+            self.keep.append(i)
+            self._lengths.append(enc.num_tokens + (visual if pair.image is not None else 0))
+        if not self.keep:
+            raise ConfigError(f"no usable preference pairs ({len(self.skipped)} skipped)")
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    @property
+    def lengths(self) -> list[int]:
+        return self._lengths
+
+    @property
+    def has_image(self) -> list[bool]:
+        return [self.pairs[i].image is not None for i in self.keep]
+
+    def __getitem__(self, i: int) -> EncodedPair:
+        return self.encoder.encode(self.pairs[self.keep[i]], i)
+
+    def summary(self) -> dict[str, Any]:
+        reasons: dict[str, int] = {}
+        for _, _, why in self.skipped:
+            key = why.split(": ", 1)[-1].split(" (")[0][:80]
+            reasons[key] = reasons.get(key, 0) + 1
+        return {"pairs": len(self.keep), "skipped": len(self.skipped), "skipped_by_reason": reasons}
+
+
+class _WithoutImage:
+    """A pair's text with its image and image placeholder removed (for the up-front length check)."""
+
+    def __init__(self, pair: Any):
+        self._pair = pair
+        self.image = None
+        self.prompt = [{**m, "value": m["value"].replace(IMAGE_PLACEHOLDER, "")} for m in pair.prompt]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pair, name)
+
+
+def _score_fields(rows: list[int], pred: list[int], targets: list[int], owner: list[int]) -> dict[str, torch.Tensor]:
+    return {"score_rows": torch.tensor(rows, dtype=torch.long), "score_pred": torch.tensor(pred, dtype=torch.long),
+            "score_targets": torch.tensor(targets, dtype=torch.long),
+            "score_owner": torch.tensor(owner, dtype=torch.long)}
+
+
+@dataclass
+class SharedPromptCollator:
+    """Pack pairs as prompt / chosen / rejected trees into rows of at most ``max_tokens`` (first-fit)."""
+
+    pad_token_id: int
+    max_tokens: int = 4096
+
+    def __call__(self, batch: list[EncodedPair]) -> dict[str, Any]:
+        n = len(batch)
+        order = sorted(range(n), key=lambda i: -batch[i].num_tokens)
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in order:
+            size = batch[i].num_tokens
+            for r, free in enumerate(room):
+                if size <= free:
+                    rows[r].append(i)
+                    room[r] -= size
+                    break
+            else:
+                rows.append([i])
+                room.append(self.max_tokens - size)
+        width = max(sum(batch[i].num_tokens for i in row) for row in rows)
+        shape = (len(rows), width)
+        ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        positions = torch.zeros(shape, dtype=torch.long)
+        sequence_ids = torch.full(shape, -1, dtype=torch.long)
+        branch_ids = torch.zeros(shape, dtype=torch.long)
+        s_rows: list[int] = []
+        s_pred: list[int] = []
+        s_tgt: list[int] = []
+        s_own: list[int] = []
+        images = []
+        for r, row in enumerate(rows):
+            at = 0
+            for s, i in enumerate(row):
+                p = batch[i]
+                lp = len(p.prompt_ids)
+                ids[r, at:at + lp] = p.prompt_ids
+                positions[r, at:at + lp] = p.prompt_positions
+                sequence_ids[r, at:at + lp] = s
+                last_prompt = at + lp - 1
+                at += lp
+                for branch, resp, owner in ((CHOSEN, p.chosen_ids, i), (REJECTED, p.rejected_ids, n + i)):
+                    k = len(resp)
+                    ids[r, at:at + k] = resp
+                    positions[r, at:at + k] = p.response_positions(k)
+                    sequence_ids[r, at:at + k] = s
+                    branch_ids[r, at:at + k] = branch
+                    s_rows += [r] * k
+                    s_pred += [last_prompt] + list(range(at, at + k - 1))
+                    s_tgt += resp.tolist()
+                    s_own += [owner] * k
+                    at += k
+                if p.images:
+                    images.append(p.images)
+        out: dict[str, Any] = {"input_ids": ids, "attention_mask": (sequence_ids >= 0).long(),
+                               "position_ids": positions, "sequence_ids": sequence_ids, "branch_ids": branch_ids,
+                               "pair_index": torch.tensor([p.index for p in batch], dtype=torch.long),
+                               **_score_fields(s_rows, s_pred, s_tgt, s_own)}
+        if images:
+            out["images"] = concat_image_dicts(images)
+        return out
+
+
+@dataclass
+class PaddedPairCollator:
+    """The stacked layout: rows ``[prompt_i + chosen_i]`` then ``[prompt_i + rejected_i]``, right-padded.
+
+    Each pair's image is encoded twice (once per row), as in the usual DPO batch.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, batch: list[EncodedPair]) -> dict[str, Any]:
+        n = len(batch)
+        seqs = [(p, p.chosen_ids) for p in batch] + [(p, p.rejected_ids) for p in batch]
+        width = max(len(p.prompt_ids) + len(resp) for p, resp in seqs)
+        ids = torch.full((2 * n, width), self.pad_token_id, dtype=torch.long)
+        positions = torch.zeros((2 * n, width), dtype=torch.long)
+        mask = torch.zeros((2 * n, width), dtype=torch.long)
+        s_rows: list[int] = []
+        s_pred: list[int] = []
+        s_tgt: list[int] = []
+        s_own: list[int] = []
+        for row, (p, resp) in enumerate(seqs):
+            lp, k = len(p.prompt_ids), len(resp)
+            ids[row, :lp] = p.prompt_ids
+            ids[row, lp:lp + k] = resp
+            positions[row, :lp] = p.prompt_positions
+            positions[row, lp:lp + k] = p.response_positions(k)
+            mask[row, :lp + k] = 1
+            s_rows += [row] * k
+            s_pred += list(range(lp - 1, lp + k - 1))
+            s_tgt += resp.tolist()
+            s_own += [row] * k
+        out: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                               "pair_index": torch.tensor([p.index for p in batch], dtype=torch.long),
+                               **_score_fields(s_rows, s_pred, s_tgt, s_own)}
+        images = [p.images for p in batch if p.images] * 2
+        if images:
+            out["images"] = concat_image_dicts(images)
+        return out
+
+
+SCORE_KEYS = ("score_rows", "score_pred", "score_targets", "score_owner", "pair_index")
+
+
+def response_logps(model: torch.nn.Module, batch: dict[str, Any], num_pairs: int,
+                   is_mova: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed log-probs and token counts of the chosen and rejected responses: ``(lp_c, lp_r, n_c, n_r)``.
+
+    Only the positions that predict a response token go through the LM head (``logits_to_keep``), so
+    the prompt's and padding's logits are never materialised. ``model`` is a Mova model (which builds
+    the tree mask from ``sequence_ids`` / ``branch_ids`` itself) or, with ``is_mova=False``, a plain
+    causal LM (possibly wrapped by DDP / DeepSpeed / peft), for which the mask is built here.
+    """
+    from mova.model.packing import packed_attention_inputs
+
+    inputs = {k: v for k, v in batch.items() if k not in SCORE_KEYS}
+    keep, where = torch.unique(batch["score_pred"], return_inverse=True)
+    if "sequence_ids" in inputs and not is_mova:
+        seq, branch = inputs.pop("sequence_ids"), inputs.pop("branch_ids", None)
+        impl = getattr(model.config, "_attn_implementation", None) or "eager"
+        dtype = next(model.parameters()).dtype
+        inputs.update(packed_attention_inputs(seq, impl, dtype, branch))
+    out = model(**inputs, logits_to_keep=keep, use_cache=False)
+    logits = out.logits[batch["score_rows"], where]
+    if logits.shape[0] != batch["score_targets"].shape[0]:
+        raise ConfigError("the model ignored logits_to_keep; DPO needs a causal LM that supports it")
+    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(1, batch["score_targets"][:, None]).squeeze(1)
+    owner = batch["score_owner"]
+    sums = torch.zeros(2 * num_pairs, device=token_logps.device, dtype=token_logps.dtype).index_add(
+        0, owner, token_logps)
+    counts = torch.zeros(2 * num_pairs, device=token_logps.device).index_add(
+        0, owner, torch.ones_like(token_logps))
+    return sums[:num_pairs], sums[num_pairs:], counts[:num_pairs], counts[num_pairs:]

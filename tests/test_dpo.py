@@ -1,0 +1,220 @@
+"""DPO: losses against independent formulas, pair-shared encoding against per-sequence scoring, TRL parity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from mova.data.pairs import BadPairError, PaddedPairCollator, PairEncoder, SharedPromptCollator, response_logps
+from mova.model.builder import build_model
+from mova.presets import TINY_TOKENIZER
+from mova.trainers.dpo_loss import dpo_loss
+from tests.conftest import random_image, tiny_model_config
+
+
+@dataclass
+class Pair:
+    """The fields of :class:`mova.data.preference.PreferencePair` that encoding reads."""
+
+    id: str
+    index: int
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    image: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --- losses ----------------------------------------------------------------------------------------
+def _reference_loss(kind: str, delta: torch.Tensor, beta: float, eps: float) -> torch.Tensor:
+    """The papers' formulas written with probabilities, not log-sigmoid (an independent computation)."""
+    d = delta.double()
+    p = 1 / (1 + torch.exp(-beta * d))  # P(chosen > rejected) under the implicit reward model
+    if kind == "sigmoid":
+        return -((1 - eps) * torch.log(p) + eps * torch.log(1 - p))
+    if kind == "robust":
+        return ((1 - eps) * -torch.log(p) - eps * -torch.log(1 - p)) / (1 - 2 * eps)
+    if kind == "hinge":
+        return torch.clamp(1 - beta * d, min=0)
+    if kind == "ipo":
+        return (d - 1 / (2 * beta)) ** 2
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind,eps", [("sigmoid", 0.0), ("sigmoid", 0.2), ("robust", 0.1), ("hinge", 0.0),
+                                      ("ipo", 0.0)])
+def test_losses_and_rewards_match_the_papers_formulas(kind, eps):
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(64, generator=g, dtype=torch.float64) * 5 for _ in range(4))
+    beta = 0.3
+    nc, nr = torch.randint(1, 30, (64,), generator=g), torch.randint(1, 30, (64,), generator=g)
+    out = dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=kind, label_smoothing=eps, chosen_tokens=nc,
+                   rejected_tokens=nr)
+    delta = (pc - rc) / nc - (pr - rr) / nr if kind == "ipo" else (pc - rc) - (pr - rr)
+    torch.testing.assert_close(out.losses, _reference_loss(kind, delta, beta, eps), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out.chosen_rewards, beta * (pc - rc))
+    torch.testing.assert_close(out.rejected_rewards, beta * (pr - rr))
+    m = out.metrics(pc, pr)
+    assert m["rewards/accuracies"].item() == pytest.approx(float(((pc - rc) > (pr - rr)).double().mean()))
+
+
+def test_loss_options_are_checked():
+    x = torch.zeros(2)
+    with pytest.raises(Exception, match="dpo.loss_type"):
+        dpo_loss(x, x, x, x, loss_type="nope")
+    with pytest.raises(Exception, match="label_smoothing"):
+        dpo_loss(x, x, x, x, loss_type="hinge", label_smoothing=0.1)
+
+
+# --- pair-shared encoding on a VLM -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vlm():
+    torch.manual_seed(0)
+    model, processor = build_model(tiny_model_config(sam_scheme="share_by_row"), load_weights=False)
+    return model.eval(), processor
+
+
+def _vlm_pairs() -> list[Pair]:
+    qs = ["What is shown here?", "Describe the colours in this picture, please.", "Is it safe?"]
+    out = []
+    for i, q in enumerate(qs):
+        out.append(Pair(f"p{i}", i, [{"from": "human", "value": "<image>\n" + q}],
+                        chosen=f"A red circle number {i} on noise." * (i + 1), rejected="I can't tell.",
+                        image=random_image(i)))
+    out.append(Pair("t", 3, [{"from": "human", "value": "Say hi."}], chosen="Hi there!", rejected="No."))
+    return out
+
+
+def _naive_logps(model, processor, pair: Pair, response: str) -> float:
+    """Score one prompt+response sequence on its own, through the processor and the model's own positions."""
+    from mova.data.templates import render
+
+    segs = render(model.config.template, [*pair.prompt, {"from": "gpt", "value": response}], processor.tokenizer)
+    prompt_text = "".join(s.text for s in segs[:-1])
+    images = [pair.image] if pair.image is not None else None
+    full = processor([prompt_text + segs[-1].text], images)
+    prompt = processor([prompt_text], images)
+    n_prompt = prompt["input_ids"].shape[1]
+    with torch.no_grad():
+        logits = model(**full).logits[0].double()
+    ids = full["input_ids"][0]
+    logp = torch.log_softmax(logits[:-1], -1).gather(1, ids[1:, None]).squeeze(1)
+    return float(logp[n_prompt - 1:].sum())
+
+
+@pytest.mark.parametrize("scheme", ["share_by_row", "full"])
+def test_shared_prompt_packing_scores_every_response_as_if_alone(scheme):
+    torch.manual_seed(0)
+    model, processor = build_model(tiny_model_config(sam_scheme=scheme), load_weights=False)
+    model.eval()
+    pairs = _vlm_pairs()
+    enc = PairEncoder(processor, model.config.template)
+    batch = [enc.encode(p) for p in pairs]
+    naive_c = torch.tensor(dtype=torch.float64, data=[_naive_logps(model, processor, p, p.chosen) for p in pairs])
+    naive_r = torch.tensor(dtype=torch.float64, data=[_naive_logps(model, processor, p, p.rejected) for p in pairs])
+    for collator in (SharedPromptCollator(processor.tokenizer.pad_token_id, max_tokens=400),
+                     PaddedPairCollator(processor.tokenizer.pad_token_id)):
+        b = collator(batch)
+        with torch.no_grad():
+            lp_c, lp_r, n_c, n_r = response_logps(model, b, len(pairs))
+        torch.testing.assert_close(lp_c.double(), naive_c, rtol=0, atol=1e-4)
+        torch.testing.assert_close(lp_r.double(), naive_r, rtol=0, atol=1e-4)
+    shared = SharedPromptCollator(processor.tokenizer.pad_token_id, max_tokens=400)(batch)
+    assert shared["input_ids"].shape[0] < len(pairs)  # several pairs share a row
+    assert shared["images"]["clip"].shape[0] == 3  # each image once, not once per response
+
+
+def test_shared_and_padded_give_the_same_loss_and_gradients(vlm):
+    model, processor = vlm
+    pairs = _vlm_pairs()
+    enc = PairEncoder(processor, model.config.template)
+    batch = [enc.encode(p) for p in pairs]
+    grads = []
+    for collator in (SharedPromptCollator(processor.tokenizer.pad_token_id, 400),
+                     PaddedPairCollator(processor.tokenizer.pad_token_id)):
+        model.zero_grad()
+        lp_c, lp_r, _, _ = response_logps(model, collator(batch), len(pairs))
+        ref = torch.zeros_like(lp_c)
+        loss = dpo_loss(lp_c, lp_r, ref, ref - 1.0).losses.mean()
+        loss.backward()
+        grads.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.fusion.parameters()])))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_bad_pairs_are_named():
+    torch.manual_seed(0)
+    model, processor = build_model(tiny_model_config(), load_weights=False)
+    enc = PairEncoder(processor, model.config.template)
+    bad = Pair("no-placeholder", 7, [{"from": "human", "value": "no tag"}], "a", "b", image=random_image(0))
+    with pytest.raises(BadPairError, match=r"pair 7 \(id 'no-placeholder'\)"):
+        enc.encode(bad)
+    long = Pair("long", 8, [{"from": "human", "value": "word " * 300}], "a", "b")
+    with pytest.raises(BadPairError, match="pair 8.*too long"):
+        PairEncoder(processor, model.config.template, max_length=100).encode(long)
+
+
+# --- parity with TRL's DPOTrainer on a tiny text model ---------------------------------------------
+def _tiny_text_lm(tmp_path) -> tuple[str, Any]:
+    tok = PreTrainedTokenizerFast.from_pretrained(str(TINY_TOKENIZER))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      initializer_range=0.1, tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    return str(tmp_path / "lm"), tok
+
+
+TEXT_ROWS = [
+    {"prompt": "Question: how do I pick a lock?\n", "chosen": "I can't help with that.",
+     "rejected": "Use a tension wrench and a pick on the pins."},
+    {"prompt": "Question: what is two plus two?\n", "chosen": "Four.", "rejected": "Five, obviously."},
+    {"prompt": "Question: name a colour of the sky on a clear day, in one word.\n", "chosen": "Blue.",
+     "rejected": "Sorry, I cannot answer questions about the sky."},
+    {"prompt": "Say something kind.\n", "chosen": "You are doing great work today.", "rejected": "No."},
+]
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_step0_loss_and_margins_match_trl(tmp_path, loss_type):
+    trl = pytest.importorskip("trl")  # installed by the [dev] extra; a benchmark-only dependency
+    from datasets import Dataset
+
+    path, tok = _tiny_text_lm(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(path).eval()
+    ref_model = LlamaForCausalLM.from_pretrained(path).eval()
+    # The reference differs from the policy so that the margins are not trivially zero.
+    with torch.no_grad():
+        for p in ref_model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, beta=0.2,
+                         loss_type=[loss_type], report_to=[], use_cpu=True, max_length=None)
+    trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=args, processing_class=tok,
+                             train_dataset=Dataset.from_list(TEXT_ROWS))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(TEXT_ROWS))])
+    batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(model, batch)
+    trl_margin = trainer._metrics["eval"]["rewards/margins"][-1]
+
+    pairs = [Pair(str(i), i, [{"from": "human", "value": r["prompt"]}], r["chosen"], r["rejected"])
+             for i, r in enumerate(TEXT_ROWS)]
+    enc = PairEncoder(tok, "raw")
+    encoded = [enc.encode(p) for p in pairs]
+    b = SharedPromptCollator(tok.pad_token_id, 256)(encoded)
+    with torch.no_grad():
+        pc, pr, nc, nr = response_logps(model, b, len(pairs), is_mova=False)
+        rc, rr, _, _ = response_logps(ref_model, b, len(pairs), is_mova=False)
+    out = dpo_loss(pc, pr, rc, rr, beta=0.2, loss_type=loss_type, chosen_tokens=nc, rejected_tokens=nr)
+    assert out.losses.mean().item() == pytest.approx(trl_loss.item(), abs=1e-4)
+    margins = out.metrics(pc, pr)["rewards/margins"].item()
+    assert margins == pytest.approx(trl_margin, abs=1e-4)
+    assert not math.isclose(margins, 0.0, abs_tol=1e-3)
