@@ -241,8 +241,18 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             kwargs[key] = [e if isinstance(e, ExpertConfig) else from_dict(ExpertConfig, e, f"{sub}[{i}]")
                            for i, e in enumerate(value or [])]
         else:
-            kwargs[key] = value
+            kwargs[key] = _coerce_number(hint, value, sub)
     return cls(**kwargs)
+
+
+def _coerce_number(hint: Any, value: Any, where: str) -> Any:
+    """YAML 1.1 reads ``5e-3`` (no dot) as a string; a float field takes it as the number it means."""
+    if isinstance(value, str) and hint in (float, float | None, "float", "float | None"):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    return value
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

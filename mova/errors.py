@@ -34,3 +34,8 @@ class SequenceTooLongError(MovaError, ValueError):
 
 class ConfigError(MovaError, ValueError):
     """A configuration value is invalid."""
+
+
+class DataError(MovaError, ValueError):
+    """A data source or one of its rows cannot be used; the message names the source and, for a row,
+    its index, id and what is wrong with it."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -226,9 +227,12 @@ def run_dpo(cfg: RunConfig) -> dict[str, Any]:
     collator = pair_collator(cfg.dpo.pair_encoding, tokenizer.pad_token_id, cfg.dpo.max_tokens_per_row)
     args = training_arguments(cfg)
     ref_logps = None
+    ref_seconds = 0.0
     if cfg.dpo.reference == "precomputed":
+        t0 = time.perf_counter()
         ref_logps = precompute_reference(model, dataset, collator, is_mova, args.per_device_train_batch_size,
                                          args.device)
+        ref_seconds = time.perf_counter() - t0
     trainer = DpoTrainer(
         model=model,
         args=args,
@@ -252,6 +256,13 @@ def run_dpo(cfg: RunConfig) -> dict[str, Any]:
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         processor.save_pretrained(final)
+    logged = [h for h in trainer.state.log_history if "rewards/margins" in h]
     return write_report(trainer, args.output_dir, {
         "stage": "dpo", "template": template, "data": dataset.summary(), "trainable_params": trainable,
-        "final_model": str(final), "config": to_dict(cfg)})
+        "final_model": str(final), "reference_seconds": round(ref_seconds, 3),
+        "first_metrics": _dpo_metrics(logged[0]) if logged else {},
+        "last_metrics": _dpo_metrics(logged[-1]) if logged else {}, "config": to_dict(cfg)})
+
+
+def _dpo_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in entry.items() if k.startswith(("rewards/", "logps/")) or k in ("loss", "step")}

@@ -1,0 +1,235 @@
+"""DPO throughput: Mova's trainer vs TRL's DPOTrainer, pair-shared VLM encoding, precomputed references.
+
+Three comparisons, each variant in its own subprocess (so that one run's memory never shows in
+another's peak), printed as one markdown table:
+
+1. ``text``: the same tiny Llama (4 layers, width 256), the same pairs (prompts of 10-60 words,
+   responses of 10-120), batch 8, a frozen reference copy in both: TRL 1.16 ``DPOTrainer`` (padded
+   ``[chosen; rejected]`` rows) vs ``mova train dpo`` (prompt once per pair, responses packed as a tree,
+   no padding). pairs/s over ``--steps`` optimiser steps, from each trainer's own ``train_runtime``.
+2. ``vlm``: DPO on a Mova model whose experts dominate the step (the ``mid`` config of
+   ``train_throughput.py``: a 4-layer CLIP at 224 px and a 4-layer SAM-like encoder at 512 px before the
+   tiny LLM), with ``pair_encoding=shared`` (each image through the experts and fusion once per pair) vs
+   ``padded`` (once per response, the usual layout).
+3. ``reference``: the text model with ``reference=precomputed`` (one scoring pass before training,
+   included in the time) vs a live reference copy.
+
+Peak memory: CUDA's allocator peak on a GPU; on a CPU the peak resident set during training minus the
+resident set just before it (sampled every 2 ms), i.e. what training itself adds.
+
+Usage::
+
+    python benchmarks/dpo.py            # all three, CPU
+    python benchmarks/dpo.py --only text --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+WORDS = ("the model image safe answer question data red blue green house tree river city light paper stone "
+         "music table window garden doctor market travel winter summer morning evening simple careful").split()
+BATCH = 8
+
+
+def _text(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def write_text_pairs(path: Path, n: int, seed: int = 0) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = [{"prompt": _text(rng, 10, 60) + "\n", "chosen": _text(rng, 10, 120), "rejected": _text(rng, 10, 120)}
+            for _ in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def tiny_llama(root: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from mova.presets import TINY_TOKENIZER
+
+    tok = PreTrainedTokenizerFast.from_pretrained(str(TINY_TOKENIZER))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
+                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=tok.bos_token_id, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(root / "llama")
+    tok.save_pretrained(root / "llama")
+    return root / "llama"
+
+
+class Peak:
+    """Peak memory a block adds (see the module docstring)."""
+
+    def __init__(self) -> None:
+        import torch
+        from train_throughput import PeakMemory  # the sampler the throughput benchmark uses
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.inner = PeakMemory(self.device)
+
+    def __enter__(self) -> Peak:
+        import psutil
+
+        self.start = 0 if self.device.type == "cuda" else psutil.Process().memory_info().rss
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.inner.__exit__(*exc)
+        self.mib = (self.inner.peak - self.start) / 2**20
+
+
+# --- one variant per subprocess -------------------------------------------------------------------
+def run_trl(root: Path, steps: int) -> dict[str, Any]:
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    rows = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(root / "llama")
+    model = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
+    ref = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
+    args = trl.DPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=BATCH, max_steps=steps,
+                         learning_rate=1e-5, report_to=[], use_cpu=not torch.cuda.is_available(), max_length=None,
+                         logging_steps=steps, save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, processing_class=tok,
+                             train_dataset=Dataset.from_list(rows))
+    with Peak() as peak:
+        out = trainer.train()
+    return {"runtime": out.metrics["train_runtime"], "mib": peak.mib}
+
+
+def run_mova_text(root: Path, steps: int, reference: str) -> dict[str, Any]:
+    from mova.config import DataConfig, DpoConfig, RunConfig, TrainConfig
+    from mova.trainers import dpo as dpo_mod
+
+    cfg = RunConfig(stage="dpo", init_from=str(root / "llama"),
+                    data=DataConfig(data_path=str(root / "pairs.jsonl"), group_by_modality_length=False),
+                    train=TrainConfig(output_dir=str(root / f"mova-{reference}"), max_steps=steps,
+                                      per_device_train_batch_size=BATCH, learning_rate=1e-5, save_steps=0,
+                                      logging_steps=steps, report_to=[], warmup_ratio=0.0),
+                    dpo=DpoConfig(reference=reference))
+    with Peak() as peak:
+        t0 = time.perf_counter()
+        summary = dpo_mod.run_dpo(cfg)
+        total = time.perf_counter() - t0
+    # precomputed: the scoring pass runs before train(); count it (its share of the end-to-end time).
+    runtime = summary["train_runtime_s"] + (summary.get("reference_seconds") or 0.0)
+    return {"runtime": runtime, "mib": peak.mib, "end_to_end": total}
+
+
+def run_vlm(root: Path, steps: int, encoding: str) -> dict[str, Any]:
+    import torch
+    from train_throughput import model_config
+
+    from mova.data.pairs import PairEncoder
+    from mova.model.builder import build_model
+    from mova.trainers.dpo import pair_collator
+    from mova.trainers.dpo_loss import dpo_loss
+    from tests.conftest import random_image
+
+    torch.manual_seed(0)
+    model, processor = build_model(model_config("mid", "fp32"), load_weights=False)
+    model.requires_grad_(False)
+    model.language_model.requires_grad_(True)
+    ref = __import__("copy").deepcopy(model).eval()
+    rng = random.Random(0)
+    from mova.data.preference import PreferencePair
+
+    pairs = [PreferencePair(id=str(i), index=i, prompt=[{"from": "human", "value": "<image>\n" + _text(rng, 10, 60)}],
+                            chosen=_text(rng, 10, 120), rejected=_text(rng, 10, 120), image=random_image(i, (256, 256)),
+                            meta={}) for i in range(BATCH * (steps + 1))]
+    enc = PairEncoder(processor, model.config.template)
+    collate = pair_collator(encoding, processor.tokenizer.pad_token_id, 8192)
+    batches = [collate([enc.encode(p) for p in pairs[i:i + BATCH]]) for i in range(0, len(pairs), BATCH)]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    from mova.data.pairs import response_logps
+
+    def step(b: dict[str, Any]) -> None:
+        pc, pr, _, _ = response_logps(model, b, BATCH)
+        with torch.no_grad():
+            rc, rr, _, _ = response_logps(ref, b, BATCH)
+        dpo_loss(pc, pr, rc, rr).losses.mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    step(batches[0])  # warm-up
+    with Peak() as peak:
+        t0 = time.perf_counter()
+        for b in batches[1:]:
+            step(b)
+        runtime = time.perf_counter() - t0
+    return {"runtime": runtime, "mib": peak.mib}
+
+
+VARIANTS = {
+    "text/trl": lambda root, steps: run_trl(root, steps),
+    "text/mova": lambda root, steps: run_mova_text(root, steps, "copy"),
+    "vlm/padded": lambda root, steps: run_vlm(root, steps, "padded"),
+    "vlm/shared": lambda root, steps: run_vlm(root, steps, "shared"),
+    "reference/live": lambda root, steps: run_mova_text(root, steps, "copy"),
+    "reference/precomputed": lambda root, steps: run_mova_text(root, steps, "precomputed"),
+}
+COMPARISONS = {"text": ("text/trl", "text/mova"), "vlm": ("vlm/padded", "vlm/shared"),
+               "reference": ("reference/live", "reference/precomputed")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default="text,vlm,reference", help="comma-separated: text, vlm, reference")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        result = VARIANTS[args.one](Path(args.root), args.steps)
+        print("RESULT " + json.dumps(result))
+        return
+    root = Path(tempfile.mkdtemp(prefix="mova-dpo-bench-"))
+    write_text_pairs(root / "pairs.jsonl", BATCH * (args.steps + 2))
+    tiny_llama(root)
+    rows = []
+    for name in args.only.split(","):
+        base, ours = COMPARISONS[name]
+        res = {}
+        for variant in (base, ours):
+            proc = subprocess.run([sys.executable, __file__, "--one", variant, "--root", str(root),
+                                   "--steps", str(args.steps)], capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                raise SystemExit(f"{variant} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+            res[variant] = json.loads(line[7:])
+            print(f"{variant}: {res[variant]}", file=sys.stderr, flush=True)
+        for variant in (base, ours):
+            r = res[variant]
+            rows.append((name, variant.split("/")[1], BATCH * args.steps / r["runtime"], r["mib"],
+                         res[base]["runtime"] / r["runtime"]))
+    print(f"\nDPO throughput, batch {BATCH} pairs, {args.steps} steps\n")
+    print("| comparison | variant | pairs/s | peak MiB added | speed-up |")
+    print("|---|---|---:|---:|---:|")
+    for name, variant, pps, mib, speed in rows:
+        print(f"| {name} | {variant} | {pps:.2f} | {mib:.0f} | {speed:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
