@@ -12,10 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
 from mova.data.templates import IMAGE_PLACEHOLDER
+from mova.inference.generation import generate_answers
 
 ARTICLES = frozenset({"a", "an", "the"})
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
@@ -66,10 +64,6 @@ def _max_answer_tokens(tokenizer: Any, answers: list[str]) -> int:
     return longest + 1
 
 
-def _to_device(batch: Any, device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def evaluate_vqa(
     model: Any,
     processor: Any,
@@ -96,29 +90,13 @@ def evaluate_vqa(
     items = [(r, *record_qa(r)) for r in records]
     if max_new_tokens is None:
         max_new_tokens = _max_answer_tokens(tokenizer, [gold for _, _, gold in items])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    predictions: list[dict[str, Any]] = []
-    try:
-        with torch.no_grad(), tqdm(total=len(items), desc="vqa eval", unit="q", disable=not progress) as bar:
-            for start in range(0, len(items), batch_size):
-                chunk = items[start:start + batch_size]
-                prompts = [processor.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                                         template=template) for _, q, _ in chunk]
-                images = [root / r["image"] for r, _, _ in chunk if r.get("image")]
-                batch = processor(prompts, images or None, padding_side="left")
-                batch = _to_device(batch, model.device)
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                                     eos_token_id=tokenizer.eos_token_id)
-                texts = processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-                for (rec, question, gold), text in zip(chunk, texts):
-                    predictions.append({"id": rec.get("id"), "type": rec.get("type", "all"), "question": question,
-                                        "answer": gold, "prediction": text.strip(),
-                                        "correct": score_answer(text, gold)})
-                bar.update(len(chunk))
-    finally:
-        model.train(was_training)
+    texts = generate_answers(model, processor, [[{"role": "user", "content": q}] for _, q, _ in items],
+                             [root / r["image"] if r.get("image") else None for r, _, _ in items],
+                             batch_size=batch_size, max_new_tokens=max_new_tokens, template=template,
+                             progress=progress, desc="vqa eval")
+    predictions = [{"id": rec.get("id"), "type": rec.get("type", "all"), "question": question, "answer": gold,
+                    "prediction": text, "correct": score_answer(text, gold)}
+                   for (rec, question, gold), text in zip(items, texts)]
     return summarize(predictions)
 
 

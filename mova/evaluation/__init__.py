@@ -1,0 +1,1 @@
+"""Checkpoint evaluations that generate, judge and write auditable results (``mova eval ...``)."""
