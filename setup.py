@@ -30,12 +30,17 @@ setup(
         "peft>=0.13",
         "tensorboard>=2.14",
         "matplotlib>=3.7",
+        "pyarrow>=14",
     ],
     extras_require={
         "ocr": ["rapidocr-onnxruntime>=1.3"],
         "deepspeed": ["deepspeed>=0.15"],
-        # The tests run DeepSpeed ZeRO-2/3 on CPU and read words with the real OCR engine.
-        "dev": ["pytest>=8", "ruff>=0.6", "rapidocr-onnxruntime>=1.3", "deepspeed>=0.15"],
+        # TRL is the DPO benchmark's baseline (and a parity test's reference); never imported by mova/.
+        "bench": ["trl==1.16.*", "psutil>=5.9"],
+        # The tests run DeepSpeed ZeRO-2/3 on CPU, read words with the real OCR engine, and check DPO
+        # against TRL.
+        "dev": ["pytest>=8", "ruff>=0.6", "rapidocr-onnxruntime>=1.3", "deepspeed>=0.15", "trl==1.16.*",
+                "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["mova=mova.cli:main"]},
 )

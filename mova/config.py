@@ -187,13 +187,18 @@ class DpoConfig:
     label_smoothing: float = 0.0
     #: score responses by mean token log-prob instead of the sum (ipo always does).
     length_normalize: bool = False
+    #: weight of an added negative log-likelihood of the chosen response, per token (RPO; TRL's rpo_alpha):
+    #: keeps the chosen answers likely while their margin over the rejected ones grows. 0: plain DPO.
+    rpo_alpha: float = 0.0
     #: copy (a frozen copy of the start model) | adapters_off (LoRA base, no second copy) |
     #: precomputed (reference log-probs computed in one pass before training).
     reference: str = "copy"
     #: shared (prompt and image encoded once per pair, responses packed as a tree) | padded.
     pair_encoding: str = "shared"
-    #: longest packed row in tokens for pair_encoding=shared.
-    max_tokens_per_row: int = 4096
+    #: longest packed row in tokens for pair_encoding=shared. Attention under a dense tree mask costs the
+    #: square of the row length, so a row should hold a few pairs, not the whole batch (flex_attention
+    #: skips the masked blocks and can take longer rows).
+    max_tokens_per_row: int = 1024
     #: train the fusion network too (the LLM always trains, fully or through LoRA).
     train_fusion: bool = False
     #: SPA-VL config and split (default / train; validation / validation).

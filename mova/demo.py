@@ -1,10 +1,16 @@
-"""The quickstart: the tiny poly-expert model learns from pixels, on CPU, in minutes.
+"""The quickstart: the tiny poly-expert model learns from pixels, then learns to refuse, on CPU, in minutes.
 
 ``mova demo`` generates a small image-grounded synthetic dataset (shapes, colours, positions, counts and
 rendered words that only the OCR expert can read; :mod:`mova.data.synthetic`), trains the ``tiny`` preset
 in two stages (``align``: fusion network only, LLaVA ``plain`` captions; ``sft``: fusion + LLM on the
 questions), and reports held-out accuracy per question type next to the same recipe trained and tested
-with every image blanked: the gap is what the model learned from the pixels.
+with every image blanked: the gap is what the model learned from the pixels. The blanked control runs
+in a second process beside the main run (each on one core).
+
+Then the safety stage: DPO of the ``sft`` model on the bundled mini SPA-VL
+(:mod:`mova.data.spavl_mini`: harmful and benign questions with chosen and rejected answers), and the
+safety evaluation (:mod:`mova.evaluation.safety`, keyword refusal judge) on its held-out ``harm`` and
+``help`` questions, before and after DPO.
 """
 
 from __future__ import annotations
@@ -42,6 +48,16 @@ class DemoConfig:
     sft_lr: float = 1.5e-3
     seed: int = 0
     blanked_control: bool = True
+    #: run the blanked control in a second process beside the main run (2 cores: ~half the wall time).
+    parallel: bool = True
+    #: DPO on the mini SPA-VL after sft, with the safety evaluation before and after (0 steps: skip).
+    dpo_steps: int = 300
+    dpo_lr: float = 1e-3
+    dpo_beta: float = 0.1
+    #: chosen-answer NLL weight: the tiny model has never seen a refusal, so DPO alone would only push
+    #: probability away from the rejected answers; RPO's term teaches it to say the chosen ones.
+    dpo_rpo_alpha: float = 1.0
+    safety_max_new_tokens: int = 24
 
 
 def _stage(demo: DemoConfig, stage: str, data: Path, out: Path, init_from: str, cache: Path) -> dict[str, Any]:
@@ -100,18 +116,86 @@ def train_and_evaluate(demo: DemoConfig, variant: str, model_cfg: ModelConfig | 
     return result
 
 
+def dpo_and_safety(demo: DemoConfig, sft_model: str, root: Path) -> dict[str, Any]:
+    """DPO on the mini SPA-VL from ``sft_model``; safety evaluation before and after; returns both results."""
+    from mova.config import DpoConfig
+    from mova.data.spavl_mini import write_spavl_mini
+    from mova.evaluation.safety import evaluate_safety
+    from mova.trainers.dpo import run_dpo
+
+    t0 = time.perf_counter()
+    data = write_spavl_mini(root / "spavl-mini", seed=demo.seed)
+    opts = {"max_new_tokens": demo.safety_max_new_tokens, "batch_size": 32, "progress": False}
+    before = evaluate_safety(sft_model, str(data), out_dir=root / "safety-sft", name="after sft", **opts)
+    cfg = RunConfig(
+        stage="dpo",
+        init_from=sft_model,
+        data=DataConfig(data_path=str(data)),
+        train=TrainConfig(output_dir=str(root / "dpo"), max_steps=demo.dpo_steps,
+                          per_device_train_batch_size=demo.batch_size, learning_rate=demo.dpo_lr,
+                          warmup_ratio=0.05, logging_steps=10, save_steps=0, seed=demo.seed,
+                          report_to=["tensorboard"]),
+        dpo=DpoConfig(beta=demo.dpo_beta, rpo_alpha=demo.dpo_rpo_alpha, max_tokens_per_row=512),
+    )
+    summary = run_dpo(cfg)
+    after = evaluate_safety(summary["final_model"], str(data), out_dir=root / "safety-dpo", name="after dpo",
+                            base_answers=root / "safety-sft" / "answers.jsonl", **opts)
+    print(f"[safety] DPO {demo.dpo_steps} steps, last reward margin "
+          f"{summary['last_metrics'].get('rewards/margins', float('nan')):.2f}; "
+          f"{time.perf_counter() - t0:.0f}s with both evaluations", flush=True)
+    return {"after sft": before, "after dpo": after}
+
+
+def _blanked_worker(demo: DemoConfig, log_path: str) -> None:
+    """The blanked control in its own process, its output in a log file (the main run prints to the console)."""
+    import contextlib
+    import os
+    import sys
+
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        os.dup2(log.fileno(), 2)  # tqdm and C-level warnings too
+        sys.stderr = log
+        torch.set_num_threads(1)
+        train_and_evaluate(demo, "blanked")
+
+
 def run_demo(config: str = "tiny", **overrides: Any) -> dict[str, Any]:
     demo = DemoConfig(model=config, **overrides)
     torch.manual_seed(demo.seed)
+    t0 = time.perf_counter()
     print(format_info(model_info(load_model_config(demo.model))), "\n")
-    variants = ["images", "blanked"] if demo.blanked_control else ["images"]
-    results = {v: train_and_evaluate(demo, v) for v in variants}
-    table = format_accuracy_table(results)
     out = Path(demo.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    worker = None
+    if demo.blanked_control and demo.parallel:
+        import multiprocessing as mp
+
+        log = out / "blanked.log"
+        worker = mp.get_context("spawn").Process(target=_blanked_worker, args=(demo, str(log)))
+        worker.start()
+        print(f"[blanked] control run started in a second process; its log: {log}", flush=True)
+    results = {"images": train_and_evaluate(demo, "images")}
+    safety = None
+    if demo.dpo_steps > 0:
+        safety = dpo_and_safety(demo, str(out / "images" / "sft" / "final"), out / "images")
+    if worker is not None:
+        worker.join()
+        if worker.exitcode != 0:
+            raise RuntimeError(f"the blanked control run failed (exit code {worker.exitcode}); see {log}")
+        results["blanked"] = json.loads((out / "blanked" / "result.json").read_text())
+    elif demo.blanked_control:
+        results["blanked"] = train_and_evaluate(demo, "blanked")
+    table = format_accuracy_table(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(table + "\n")
     print("\nheld-out accuracy (%), tiny model trained on CPU:\n" + table)
     for v, r in results.items():
         print(f"{v}: {r['seconds']:.0f}s, final losses align {r['align_loss']:.3f} / sft {r['sft_loss']:.3f}")
-    print(f"\nresults, loss curves and TensorBoard logs are in {out}/")
-    return results
+    if safety is not None:
+        from mova.evaluation.safety import format_safety_table
+
+        safety_table = format_safety_table(safety)
+        (out / "safety.md").write_text(safety_table + "\n")
+        print("\nsafety on the mini SPA-VL held-out questions (keyword refusal judge):\n" + safety_table)
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s; results, loss curves and TensorBoard logs are in {out}/")
+    return {**results, **({"safety": safety} if safety else {})}

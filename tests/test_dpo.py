@@ -185,7 +185,7 @@ TEXT_ROWS = [
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 def test_step0_loss_and_margins_match_trl(tmp_path, loss_type):
-    trl = pytest.importorskip("trl")  # installed by the [dev] extra; a benchmark-only dependency
+    import trl  # installed by the [dev] extra (a benchmark-only dependency of mova itself)
     from datasets import Dataset
 
     path, tok = _tiny_text_lm(tmp_path)

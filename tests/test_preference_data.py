@@ -425,3 +425,13 @@ def test_dispatch_and_missing_sources(mini, tmp_path):
         load_preferences(tmp_path / "nope.jsonl")
     with pytest.raises(DataError, match="no usable preference pairs"):
         load_text_preferences(_jsonl(tmp_path / "empty.jsonl", []))
+
+
+def test_two_folders_with_the_same_name_load_their_own_rows(tmp_path):
+    """Offline, `datasets.load_dataset(folder)` can hand back another same-named folder's cached copy."""
+    from mova.data.preference import load_spavl
+    from mova.data.spavl_mini import write_spavl_mini
+
+    a = write_spavl_mini(tmp_path / "a" / "spavl", n_train=5, n_validation=2, n_test_per_split=2)
+    b = write_spavl_mini(tmp_path / "b" / "spavl", n_train=9, n_validation=2, n_test_per_split=2)
+    assert (len(load_spavl(str(a))), len(load_spavl(str(b)))) == (5, 9)

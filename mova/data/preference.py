@@ -303,30 +303,40 @@ def _check_limit(limit: int | None) -> None:
 
 
 # --- SPA-VL -------------------------------------------------------------------------------------------
-def _card_has_configs(folder: Path) -> bool:
-    """Whether ``folder/README.md`` declares ``configs:`` in its YAML header (then ``datasets`` reads
-    the folder by its card, exactly as on the hub)."""
+def _card_data_files(folder: Path) -> dict[str, dict[str, str]] | None:
+    """``{config: {split: pattern}}`` from the ``configs:`` block of ``folder/README.md``'s YAML header
+    (how the hub maps configs to files), or ``None`` when the card has none."""
     card = folder / "README.md"
     if not card.is_file():
-        return False
+        return None
     text = card.read_text(encoding="utf-8")
-    if not text.startswith("---"):
-        return False
+    if not text.startswith("---") or text.count("---") < 2:
+        return None
     import yaml
 
-    header = text.split("---", 2)[1] if text.count("---") >= 2 else ""
     try:
-        data = yaml.safe_load(header)
+        header = yaml.safe_load(text.split("---", 2)[1])
     except yaml.YAMLError:
-        return False
-    return isinstance(data, dict) and bool(data.get("configs"))
+        return None
+    if not isinstance(header, dict) or not isinstance(header.get("configs"), list):
+        return None
+    layout: dict[str, dict[str, str]] = {}
+    for entry in header["configs"]:
+        files = entry.get("data_files") if isinstance(entry, dict) else None
+        if isinstance(files, str):
+            files = [{"split": "train", "path": files}]
+        for item in files or []:
+            if isinstance(item, dict) and isinstance(item.get("path"), str):
+                layout.setdefault(str(entry.get("config_name", "default")), {})[str(item.get("split", "train"))] = \
+                    item["path"]
+    return layout or None
 
 
 def load_spavl_split(source: str, config: str, split: str, cache_dir: str | Path | None = None) -> Any:
     """SPA-VL's ``config`` / ``split`` as a ``datasets.Dataset``, from the hub id or a local folder.
 
-    A local folder is read by its dataset card's ``configs:`` block when it has one, else by
-    :data:`SPAVL_LAYOUT`. A hub id goes through ``datasets.load_dataset``, which offline
+    A local folder's files are found through its dataset card's ``configs:`` block when it has one,
+    else by :data:`SPAVL_LAYOUT`. A hub id goes through ``datasets.load_dataset``, which offline
     (``HF_HUB_OFFLINE=1``) or without network fails unless the dataset is in the local cache: that
     error is re-raised as a :class:`DataError` that says to pass a local folder.
     """
@@ -336,13 +346,17 @@ def load_spavl_split(source: str, config: str, split: str, cache_dir: str | Path
     label = f"{source} [{config}/{split}]"
     kw: dict[str, Any] = {"cache_dir": str(cache_dir)} if cache_dir is not None else {}
     if folder.is_dir():
+        # Always the parquet builder with explicit files, never load_dataset(folder): offline,
+        # `datasets` resolves a folder path like a hub name and can return another folder's cached
+        # copy when the two share a basename (measured: a regenerated mini set came back with the
+        # 16 rows of an older one). File-based cache keys follow the files' paths and mtimes.
         try:
-            if _card_has_configs(folder):
-                return datasets.load_dataset(str(folder), config, split=split, **kw)
-            if config not in SPAVL_LAYOUT or split not in SPAVL_LAYOUT[config]:
-                known = ", ".join(f"{c}/{s}" for c, splits in SPAVL_LAYOUT.items() for s in splits)
+            layout = _card_data_files(folder) or SPAVL_LAYOUT
+            if config not in layout or split not in layout[config]:
+                known = ", ".join(f"{c}/{s}" for c, splits in layout.items() for s in splits)
                 raise DataError(f"{label}: unknown SPA-VL config/split; known: {known}")
-            pattern = str(folder / SPAVL_LAYOUT[config][split]) + ".parquet"
+            pattern = layout[config][split]
+            pattern = str(folder / pattern) + ("" if pattern.endswith(".parquet") else ".parquet")
             return datasets.load_dataset("parquet", data_files={split: pattern}, split=split, **kw)
         except DataError:
             raise

@@ -306,8 +306,14 @@ def tasks(harmful: bool) -> list[Task]:
 
 def held_out_templates(task: Task, subcategory_index: int) -> set[int]:
     """Indices of the templates reserved for the test config for ``task``: fixed, not seeded, so the
-    train/test question split is the same for every seed."""
-    start = (task.task_index + subcategory_index + (0 if task.harmful else 2)) % len(QUESTION_TEMPLATES)
+    train/test question split is the same for every seed.
+
+    A subcategory's k-th harmful and k-th benign task hold out the same templates. With different ones
+    the training questions' template (with the image's domain icon) would predict the intent, and a
+    small model learns that shortcut instead of the task words: measured, it refused 47% of held-out
+    harmful and 39% of benign questions after DPO while separating the training questions perfectly.
+    """
+    start = (task.task_index + subcategory_index) % len(QUESTION_TEMPLATES)
     return {(start + j) % len(QUESTION_TEMPLATES) for j in range(HELD_OUT_TEMPLATES)}
 
 

@@ -100,6 +100,10 @@ class DpoTrainer(MovaTrainer):
                        length_normalize=self.dpo.length_normalize)
         loss = out.losses.mean()
         metrics = out.metrics(pi_c.detach(), pi_r.detach())
+        if self.dpo.rpo_alpha:
+            nll = -(pi_c / n_c.clamp(min=1)).mean()
+            loss = loss + self.dpo.rpo_alpha * nll
+            metrics["nll/chosen"] = nll.detach()
         values = torch.stack(list(metrics.values())).float()
         values = self.accelerator.reduce(values, reduction="mean")
         for name, value in zip(metrics, values.tolist()):
@@ -265,4 +269,4 @@ def run_dpo(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _dpo_metrics(entry: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in entry.items() if k.startswith(("rewards/", "logps/")) or k in ("loss", "step")}
+    return {k: v for k, v in entry.items() if k.startswith(("rewards/", "logps/", "nll/")) or k in ("loss", "step")}
