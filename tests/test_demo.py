@@ -1,0 +1,24 @@
+"""The quickstart's plumbing at toy sizes: both variants (one in a second process), DPO and the safety table."""
+
+from __future__ import annotations
+
+import json
+
+from mova.demo import run_demo
+
+
+def test_demo_runs_every_stage_and_writes_its_tables(tmp_path):
+    out = tmp_path / "demo"
+    results = run_demo("tiny", out_dir=str(out), n_train_images=8, n_test_images=4, align_steps=2, sft_steps=2,
+                       batch_size=4, dpo_steps=2)
+    assert set(results) == {"images", "blanked", "safety"}
+    saved = json.loads((out / "results.json").read_text())
+    for variant in ("images", "blanked"):
+        r = saved[variant]
+        assert sum(r["per_type"].values()) >= 0 and 0 <= r["overall"] <= 1
+        assert (out / variant / "sft" / "final" / "config.json").is_file()
+    assert (out / "blanked.log").is_file()  # the control ran in its own process and logged there
+    table = (out / "safety.md").read_text()
+    assert "after sft" in table and "after dpo" in table and "harm: refusal rate" in table
+    answers = (out / "images" / "safety-dpo" / "answers.jsonl").read_text().splitlines()
+    assert len(answers) == results["safety"]["after dpo"]["harm"]["n"] + results["safety"]["after dpo"]["help"]["n"]
