@@ -140,9 +140,9 @@ def dpo_and_safety(demo: DemoConfig, sft_model: str, root: Path) -> dict[str, An
     summary = run_dpo(cfg)
     after = evaluate_safety(summary["final_model"], str(data), out_dir=root / "safety-dpo", name="after dpo",
                             base_answers=root / "safety-sft" / "answers.jsonl", **opts)
-    print(f"[safety] DPO {demo.dpo_steps} steps, last reward margin "
-          f"{summary['last_metrics'].get('rewards/margins', float('nan')):.2f}; "
-          f"{time.perf_counter() - t0:.0f}s with both evaluations", flush=True)
+    margin = summary["last_metrics"].get("rewards/margins")
+    print(f"[safety] DPO {demo.dpo_steps} steps" + (f", last reward margin {margin:.2f}" if margin is not None else "")
+          + f"; {time.perf_counter() - t0:.0f}s with both evaluations", flush=True)
     return {"after sft": before, "after dpo": after}
 
 
@@ -190,7 +190,8 @@ def run_demo(config: str = "tiny", **overrides: Any) -> dict[str, Any]:
     (out / "results.md").write_text(table + "\n")
     print("\nheld-out accuracy (%), tiny model trained on CPU:\n" + table)
     for v, r in results.items():
-        print(f"{v}: {r['seconds']:.0f}s, final losses align {r['align_loss']:.3f} / sft {r['sft_loss']:.3f}")
+        losses = " / ".join(f"{k} {r[f'{k}_loss']:.3f}" for k in ("align", "sft") if r.get(f"{k}_loss") is not None)
+        print(f"{v}: {r['seconds']:.0f}s" + (f", final losses {losses}" if losses else ""))
     if safety is not None:
         from mova.evaluation.safety import format_safety_table
 
