@@ -14,8 +14,9 @@ another's peak), printed as one markdown table:
 3. ``reference``: the text model with ``reference=precomputed`` (one scoring pass before training,
    included in the time) vs a live reference copy.
 
-Peak memory: CUDA's allocator peak on a GPU; on a CPU the peak resident set during training minus the
-resident set just before it (sampled every 2 ms), i.e. what training itself adds.
+Peak memory: CUDA's allocator peak on a GPU; on a CPU the peak resident set minus the resident set just
+before (sampled every 2 ms), from loading the models to the end of training in ``text`` and
+``reference`` (both trainers load a policy and a reference), over the timed steps in ``vlm``.
 
 Usage::
 
@@ -105,15 +106,15 @@ def run_trl(root: Path, steps: int) -> dict[str, Any]:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     rows = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines()]
-    tok = AutoTokenizer.from_pretrained(root / "llama")
-    model = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
-    ref = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
-    args = trl.DPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=BATCH, max_steps=steps,
-                         learning_rate=1e-5, report_to=[], use_cpu=not torch.cuda.is_available(), max_length=None,
-                         logging_steps=steps, save_strategy="no", disable_tqdm=True, seed=0)
-    trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, processing_class=tok,
-                             train_dataset=Dataset.from_list(rows))
-    with Peak() as peak:
+    with Peak() as peak:  # from loading on, as for Mova (whose run_dpo loads, copies and trains)
+        tok = AutoTokenizer.from_pretrained(root / "llama")
+        model = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
+        ref = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
+        args = trl.DPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=BATCH, max_steps=steps,
+                             learning_rate=1e-5, report_to=[], use_cpu=not torch.cuda.is_available(),
+                             max_length=None, logging_steps=steps, save_strategy="no", disable_tqdm=True, seed=0)
+        trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, processing_class=tok,
+                                 train_dataset=Dataset.from_list(rows))
         out = trainer.train()
     return {"runtime": out.metrics["train_runtime"], "mib": peak.mib}
 
@@ -141,6 +142,7 @@ def run_vlm(root: Path, steps: int, encoding: str) -> dict[str, Any]:
     import torch
     from train_throughput import model_config
 
+    from mova.config import DpoConfig
     from mova.data.pairs import PairEncoder
     from mova.model.builder import build_model
     from mova.trainers.dpo import pair_collator
@@ -159,7 +161,7 @@ def run_vlm(root: Path, steps: int, encoding: str) -> dict[str, Any]:
                             chosen=_text(rng, 10, 120), rejected=_text(rng, 10, 120), image=random_image(i, (256, 256)),
                             meta={}) for i in range(BATCH * (steps + 1))]
     enc = PairEncoder(processor, model.config.template)
-    collate = pair_collator(encoding, processor.tokenizer.pad_token_id, 8192)
+    collate = pair_collator(encoding, processor.tokenizer.pad_token_id, DpoConfig().max_tokens_per_row)
     batches = [collate([enc.encode(p) for p in pairs[i:i + BATCH]]) for i in range(0, len(pairs), BATCH)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     from mova.data.pairs import response_logps

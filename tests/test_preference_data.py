@@ -435,3 +435,14 @@ def test_two_folders_with_the_same_name_load_their_own_rows(tmp_path):
     a = write_spavl_mini(tmp_path / "a" / "spavl", n_train=5, n_validation=2, n_test_per_split=2)
     b = write_spavl_mini(tmp_path / "b" / "spavl", n_train=9, n_validation=2, n_test_per_split=2)
     assert (len(load_spavl(str(a))), len(load_spavl(str(b)))) == (5, 9)
+
+
+def test_mini_set_intent_is_in_disjoint_verb_sets():
+    """The tiny demo model can only learn intent from a few words: harmful and benign tasks must start
+    with verbs from their own closed sets and never use the other side's."""
+    from mova.data.spavl_mini import BENIGN_VERBS, HARMFUL_VERBS, tasks
+
+    for harmful, own, other in ((True, HARMFUL_VERBS, BENIGN_VERBS), (False, BENIGN_VERBS, HARMFUL_VERBS)):
+        for task in tasks(harmful):
+            assert task.text.startswith(tuple(f"{v} " for v in own)), task.text
+            assert not any(f" {v} " in f" {task.text} " for v in other), task.text
