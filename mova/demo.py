@@ -51,8 +51,13 @@ class DemoConfig:
     #: run the blanked control in a second process beside the main run (2 cores: ~half the wall time).
     parallel: bool = True
     #: DPO on the mini SPA-VL after sft, with the safety evaluation before and after (0 steps: skip).
-    dpo_steps: int = 300
-    dpo_lr: float = 1e-3
+    #: Measured on the tiny preset: 300 steps of 16 at lr 1e-3 (LLM only) learnt to refuse everything
+    #: (92% of benign questions); 600 steps of 8 at 3e-3 with the fusion network training too refused
+    #: 97% of harmful and 14% of benign held-out questions.
+    dpo_steps: int = 600
+    dpo_batch_size: int = 8
+    dpo_lr: float = 3e-3
+    dpo_train_fusion: bool = True
     dpo_beta: float = 0.1
     #: chosen-answer NLL weight: the tiny model has never seen a refusal, so DPO alone would only push
     #: probability away from the rejected answers; RPO's term teaches it to say the chosen ones.
@@ -132,10 +137,11 @@ def dpo_and_safety(demo: DemoConfig, sft_model: str, root: Path) -> dict[str, An
         init_from=sft_model,
         data=DataConfig(data_path=str(data)),
         train=TrainConfig(output_dir=str(root / "dpo"), max_steps=demo.dpo_steps,
-                          per_device_train_batch_size=demo.batch_size, learning_rate=demo.dpo_lr,
+                          per_device_train_batch_size=demo.dpo_batch_size, learning_rate=demo.dpo_lr,
                           warmup_ratio=0.05, logging_steps=10, save_steps=0, seed=demo.seed,
                           report_to=["tensorboard"]),
-        dpo=DpoConfig(beta=demo.dpo_beta, rpo_alpha=demo.dpo_rpo_alpha, max_tokens_per_row=512),
+        dpo=DpoConfig(beta=demo.dpo_beta, rpo_alpha=demo.dpo_rpo_alpha, train_fusion=demo.dpo_train_fusion,
+                      max_tokens_per_row=512),
     )
     summary = run_dpo(cfg)
     after = evaluate_safety(summary["final_model"], str(data), out_dir=root / "safety-dpo", name="after dpo",

@@ -10,12 +10,14 @@ The reference policy is one of (``dpo.reference``):
 * ``copy`` -- a frozen copy of the starting model (twice the weights in memory);
 * ``adapters_off`` -- with LoRA, the same model with its adapters disabled (no second copy);
 * ``precomputed`` -- the starting model's log-probs for every pair, computed in one pass before
-  training (images included); training then runs no reference at all.
+  training (images included); training then runs no reference at all. Every process scores all pairs
+  (simple and exact; on N GPUs the pass costs N times what a sharded one would).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from collections import defaultdict
@@ -127,7 +129,7 @@ def load_policy(cfg: RunConfig) -> tuple[torch.nn.Module, Any, bool]:
         return model, processor, True
     path = Path(cfg.init_from)
     config_file = path / "config.json"
-    if config_file.is_file() and '"model_type": "mova"' in config_file.read_text():
+    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "mova":
         model, processor = load_pretrained(str(path))
         return model, processor, True
     from transformers import AutoModelForCausalLM, AutoTokenizer
