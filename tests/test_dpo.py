@@ -8,13 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM
 
 from mova.data.pairs import BadPairError, PaddedPairCollator, PairEncoder, SharedPromptCollator, response_logps
 from mova.model.builder import build_model
-from mova.presets import TINY_TOKENIZER
 from mova.trainers.dpo_loss import dpo_loss
-from tests.conftest import random_image, tiny_model_config
+from tests.conftest import random_image, save_tiny_text_lm, tiny_model_config
 
 
 @dataclass
@@ -161,15 +160,7 @@ def test_bad_pairs_are_named():
 
 # --- parity with TRL's DPOTrainer on a tiny text model ---------------------------------------------
 def _tiny_text_lm(tmp_path) -> tuple[str, Any]:
-    tok = PreTrainedTokenizerFast.from_pretrained(str(TINY_TOKENIZER))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      initializer_range=0.1, tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    torch.manual_seed(1)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
+    tok = save_tiny_text_lm(tmp_path / "lm", seed=1)
     return str(tmp_path / "lm"), tok
 
 

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mova.config import load_run_config
 from mova.model.builder import build_model, load_pretrained
-from mova.presets import TINY_TOKENIZER
 from mova.trainers.dpo import run_dpo
-from tests.conftest import tiny_model_config
+from tests.conftest import save_tiny_text_lm, tiny_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,14 +28,7 @@ def _losses(summary):
 @pytest.fixture(scope="module")
 def text_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("dpo_text")
-    tok = PreTrainedTokenizerFast.from_pretrained(str(TINY_TOKENIZER))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      initializer_range=0.1, tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(root / "lm")
-    tok.save_pretrained(root / "lm")
+    save_tiny_text_lm(root / "lm", seed=0)
     rows = [{"prompt": f"Question {i}: is {w} safe to do?\n", "chosen": f"Yes, {w} is fine.",
              "rejected": f"I will not talk about {w}."}
             for i, w in enumerate(["cooking", "running", "reading", "painting", "swimming", "singing", "hiking",

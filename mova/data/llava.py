@@ -265,22 +265,7 @@ class PackedCollator:
 
     def pack(self, lengths: list[int]) -> list[list[int]]:
         """Rows of sample indices (first-fit decreasing); deterministic for given lengths."""
-        rows: list[list[int]] = []
-        room: list[int] = []
-        for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
-            n = lengths[i]
-            for r, free in enumerate(room):
-                if n <= free:
-                    rows[r].append(i)
-                    room[r] -= n
-                    break
-            else:
-                if n > self.max_tokens:
-                    logger.warning("sample of %d tokens is longer than packing_max_tokens=%d: it gets a row alone",
-                                   n, self.max_tokens)
-                rows.append([i])
-                room.append(self.max_tokens - n)
-        return rows
+        return first_fit_rows(lengths, self.max_tokens, "packing_max_tokens")
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         if any("position_ids" not in b for b in batch):
@@ -313,6 +298,27 @@ class PackedCollator:
         if image_dicts:
             out["images"] = concat_image_dicts(image_dicts)
         return out
+
+
+def first_fit_rows(lengths: list[int], max_tokens: int, option: str | None = None) -> list[list[int]]:
+    """Rows of item indices, first-fit decreasing by length; an item longer than ``max_tokens`` gets a
+    row of its own (never cut; with ``option``, the setting's name, that is logged as a warning).
+    Deterministic for given lengths."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        n = lengths[i]
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            if n > max_tokens and option:
+                logger.warning("sample of %d tokens is longer than %s=%d: it gets a row alone", n, option, max_tokens)
+            rows.append([i])
+            room.append(max_tokens - n)
+    return rows
 
 
 def concat_image_dicts(dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

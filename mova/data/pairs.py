@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mova.data.llava import concat_image_dicts, sample_position_ids
+from mova.data.llava import concat_image_dicts, first_fit_rows, sample_position_ids
 from mova.data.templates import IMAGE_PLACEHOLDER, render
 from mova.errors import ConfigError, MovaError
 
@@ -235,19 +235,7 @@ class SharedPromptCollator:
 
     def __call__(self, batch: list[EncodedPair]) -> dict[str, Any]:
         n = len(batch)
-        order = sorted(range(n), key=lambda i: -batch[i].num_tokens)
-        rows: list[list[int]] = []
-        room: list[int] = []
-        for i in order:
-            size = batch[i].num_tokens
-            for r, free in enumerate(room):
-                if size <= free:
-                    rows[r].append(i)
-                    room[r] -= size
-                    break
-            else:
-                rows.append([i])
-                room.append(self.max_tokens - size)
+        rows = first_fit_rows([p.num_tokens for p in batch], self.max_tokens)  # a long pair: a row alone
         width = max(sum(batch[i].num_tokens for i in row) for row in rows)
         shape = (len(rows), width)
         ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
