@@ -209,3 +209,27 @@ def test_step0_loss_and_margins_match_trl(tmp_path, loss_type):
     margins = out.metrics(pc, pr)["rewards/margins"].item()
     assert margins == pytest.approx(trl_margin, abs=1e-4)
     assert not math.isclose(margins, 0.0, abs_tol=1e-3)
+
+
+def test_pair_dataset_checks_lengths_with_the_image_and_decodes_no_image(tmp_path, monkeypatch):
+    import mova.data.preference as pref
+    from mova.data.pairs import PairDataset
+    from mova.data.spavl_mini import write_spavl_mini
+
+    torch.manual_seed(0)
+    model, processor = build_model(tiny_model_config(), load_weights=False)
+    pairs = pref.load_spavl(str(write_spavl_mini(tmp_path / "spavl", n_train=6, n_validation=2,
+                                                 n_test_per_split=2)))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an image was decoded during the up-front text pass")
+
+    monkeypatch.setattr(pref, "_decode_image", no_decoding)
+    enc = PairEncoder(processor, model.config.template)
+    ds = PairDataset(pairs, enc)
+    visual = processor.layout.num_tokens()
+    assert all(n > visual for n in ds.lengths) and ds.has_image == [True] * 6
+    # max_length between a pair's text and text + image tokens: refused before training, naming the pair.
+    longest_text = max(ds.lengths) - visual
+    with pytest.raises(BadPairError, match="too long"):
+        PairDataset(pairs, PairEncoder(processor, model.config.template, max_length=longest_text + 1))

@@ -97,24 +97,31 @@ class PairEncoder:
         n = min(_common_prefix(p, pc), _common_prefix(p, pr))
         return p[:n], pc[n:], pr[n:]
 
-    def encode(self, pair: Any, index: int | None = None) -> EncodedPair:
-        """Encode one pair; errors name the pair (index and id)."""
+    def encode(self, pair: Any, index: int | None = None, *, has_image: bool | None = None) -> EncodedPair:
+        """Encode one pair; errors name the pair (index and id).
+
+        ``has_image`` given (with ``pair.image`` left undecoded, ``None``) encodes the text only: the
+        image's place gets the most tokens it can take (every OCR expert at ``max_tokens``), so lengths
+        and the ``max_length`` check are upper bounds, and no image is decoded or run through OCR.
+        """
         idx = pair.index if index is None else index
         try:
-            return self._encode(pair, idx)
+            return self._encode(pair, idx, has_image)
         except (ValueError, KeyError) as e:
             raise BadPairError(f"pair {idx} (id {pair.id!r}): {e}") from e
 
-    def _encode(self, pair: Any, index: int) -> EncodedPair:
+    def _encode(self, pair: Any, index: int, text_only_image: bool | None) -> EncodedPair:
         prompt = [dict(m) for m in pair.prompt]
         n_placeholders = sum(m["value"].count(IMAGE_PLACEHOLDER) for m in prompt)
-        has_image = pair.image is not None
+        has_image = pair.image is not None if text_only_image is None else text_only_image
         if has_image and not self.is_mova:
             raise ValueError("has an image but the model is text-only")
         if n_placeholders != int(has_image):
             raise ValueError(f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {int(has_image)} image(s)")
         images, ocr_lengths = None, []
-        if has_image:
+        if has_image and text_only_image is not None:
+            ocr_lengths = [tuple(b.max_tokens for b in self.processor.layout.ocr_blocks)]
+        elif has_image:
             images, ocr_lengths = self.processor.process_images([pair.image])
         if self.template == "raw" and not self.is_mova:
             p, c, r = self._raw_ids(prompt, pair.chosen, pair.rejected)
@@ -167,14 +174,16 @@ class PairDataset(Dataset):
         self.pairs = pairs
         self.encoder = encoder
         self.skipped: list[tuple[int, str, str]] = list(getattr(pairs, "skipped", []))
+        # A PreferenceDataset answers both without decoding a single image (SPA-VL: 93k of them).
+        flags = list(pairs.has_image) if hasattr(pairs, "has_image") else [p.image is not None for p in pairs]
+        text_of = getattr(pairs, "without_image", None) or (lambda i: pairs[i])
         self.keep: list[int] = []
         self._lengths: list[int] = []
-        layout = getattr(encoder.processor, "layout", None)
-        visual = layout.num_tokens(tuple(b.max_tokens for b in layout.ocr_blocks)) if layout is not None else 0
-        for i, pair in enumerate(pairs):
+        self._has_image: list[bool] = []
+        for i, flag in enumerate(flags):
+            pair = text_of(i)
             try:
-                # Text only here (images are processed per batch); visual tokens are counted from the layout.
-                enc = encoder.encode(_WithoutImage(pair) if pair.image is not None else pair, i)
+                enc = encoder.encode(_TextOnly(pair), i, has_image=flag)
             except BadPairError as e:
                 if not skip_invalid:
                     raise
@@ -182,7 +191,8 @@ class PairDataset(Dataset):
                 self.skipped.append((i, str(pair.id), str(e)))
                 continue
             self.keep.append(i)
-            self._lengths.append(enc.num_tokens + (visual if pair.image is not None else 0))
+            self._lengths.append(enc.num_tokens)
+            self._has_image.append(flag)
         if not self.keep:
             raise ConfigError(f"no usable preference pairs ({len(self.skipped)} skipped)")
 
@@ -195,7 +205,7 @@ class PairDataset(Dataset):
 
     @property
     def has_image(self) -> list[bool]:
-        return [self.pairs[i].image is not None for i in self.keep]
+        return self._has_image
 
     def __getitem__(self, i: int) -> EncodedPair:
         return self.encoder.encode(self.pairs[self.keep[i]], i)
@@ -208,13 +218,12 @@ class PairDataset(Dataset):
         return {"pairs": len(self.keep), "skipped": len(self.skipped), "skipped_by_reason": reasons}
 
 
-class _WithoutImage:
-    """A pair's text with its image and image placeholder removed (for the up-front length check)."""
+class _TextOnly:
+    """A pair's fields with its image hidden (``None``), for the up-front text pass."""
 
     def __init__(self, pair: Any):
         self._pair = pair
         self.image = None
-        self.prompt = [{**m, "value": m["value"].replace(IMAGE_PLACEHOLDER, "")} for m in pair.prompt]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pair, name)
@@ -231,7 +240,7 @@ class SharedPromptCollator:
     """Pack pairs as prompt / chosen / rejected trees into rows of at most ``max_tokens`` (first-fit)."""
 
     pad_token_id: int
-    max_tokens: int = 4096
+    max_tokens: int = 512  # DpoConfig.max_tokens_per_row explains the choice
 
     def __call__(self, batch: list[EncodedPair]) -> dict[str, Any]:
         n = len(batch)

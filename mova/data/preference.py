@@ -205,6 +205,13 @@ class PreferenceDataset(Dataset):
             rec.id, rec.index, [dict(t) for t in rec.prompt], rec.chosen, rec.rejected, image, dict(rec.meta)
         )
 
+    def without_image(self, i: int) -> PreferencePair:
+        """Pair ``i`` with ``image=None`` and nothing decoded (``has_image[i]`` says whether it has one)."""
+        rec = self.records[i]
+        return PreferencePair(
+            rec.id, rec.index, [dict(t) for t in rec.prompt], rec.chosen, rec.rejected, None, dict(rec.meta)
+        )
+
     def __iter__(self) -> Iterator[PreferencePair]:
         for i in range(len(self)):
             yield self[i]

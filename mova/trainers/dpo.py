@@ -41,7 +41,7 @@ REFERENCES = ("copy", "adapters_off", "precomputed")
 PAIR_ENCODINGS = {"shared": SharedPromptCollator, "padded": PaddedPairCollator}
 
 
-def pair_collator(encoding: str, pad_token_id: int, max_tokens: int = 4096) -> Any:
+def pair_collator(encoding: str, pad_token_id: int, max_tokens: int = 512) -> Any:
     if encoding not in PAIR_ENCODINGS:
         raise UnknownNameError("dpo.pair_encoding", encoding, PAIR_ENCODINGS)
     if encoding == "shared":
