@@ -1,13 +1,23 @@
-"""The ``mova`` command line: ``mova model-info CONFIG`` and ``mova demo``.
+"""The ``mova`` command line.
 
-Later stages (training, evaluation, release) add their sub-commands to :data:`COMMANDS`.
+Three registries keep it open for extension without an if-chain:
+
+* :data:`COMMANDS` -- top-level sub-commands (``model-info``, ``demo``, ``train``, ``eval``, ...);
+* :data:`TRAIN_STAGES` -- what ``mova train STAGE`` can run (``align``, ``sft``, ``dpo``, ...);
+* :data:`EVALS` -- what ``mova eval NAME`` can run (``safety``, ...).
+
+A module that adds to them lives beside its library code as ``mova/<name>_cli.py``; every such module is
+imported when the command line starts (:func:`_register_plugins`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from mova.errors import MovaError
 
@@ -62,8 +72,46 @@ register_command("demo", "train the tiny model on synthetic data and report held
                  _demo_args, _demo_run)
 
 
+#: ``mova train STAGE``: name -> (help line, runner). A runner takes the stage YAML (or None) and the
+#: ``key=value`` overrides, trains, and returns a summary dict (printed as JSON).
+TRAIN_STAGES: dict[str, tuple[str, Callable[[str | None, list[str]], dict[str, Any]]]] = {}
+
+#: summary keys ``mova train`` prints when a runner returns them.
+SUMMARY_KEYS = ("stage", "global_step", "first_loss", "last_loss", "train_runtime_s", "tokens_per_second",
+                "nonfinite_steps_skipped", "data", "final_model")
+
+
+def register_train_stage(name: str, help_text: str, run: Callable[[str | None, list[str]], dict[str, Any]]) -> None:
+    """Add ``mova train NAME``: ``run(config_path, overrides)`` trains and returns a summary dict."""
+    TRAIN_STAGES[name] = (help_text, run)
+
+
+def _run_base_stage(stage: str) -> Callable[[str | None, list[str]], dict[str, Any]]:
+    def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
+        from mova.config import load_run_config
+        from mova.trainers.stages import run_stage
+
+        return run_stage(load_run_config(config, overrides, stage=stage))
+
+    return run
+
+
+def _run_dpo(config: str | None, overrides: list[str]) -> dict[str, Any]:
+    from mova.config import load_run_config
+    from mova.trainers.dpo import run_dpo
+
+    return run_dpo(load_run_config(config, overrides, stage="dpo"))
+
+
+register_train_stage("align", "train the fusion network on caption data (LLM and experts frozen)",
+                     _run_base_stage("align"))
+register_train_stage("sft", "fine-tune the fusion network and the LLM on instruction data", _run_base_stage("sft"))
+register_train_stage("dpo", "preference optimisation on SPA-VL or text pairs", _run_dpo)
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stage", help="align | sft | dpo")
+    p.add_argument("stage", choices=sorted(TRAIN_STAGES), metavar="STAGE",
+                   help=" | ".join(f"{k}: {v[0]}" for k, v in sorted(TRAIN_STAGES.items())))
     p.add_argument("--config", help="a stage YAML (train/configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50")
 
@@ -71,30 +119,45 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train_run(args: argparse.Namespace) -> int:
     import json
 
-    from mova.config import load_run_config
-    from mova.trainers.stages import run_stage
-
-    cfg = load_run_config(args.config, args.overrides, stage=args.stage)
-    if args.stage == "dpo":
-        from mova.trainers.dpo import run_dpo
-
-        summary = run_dpo(cfg)
-    else:
-        summary = run_stage(cfg)
-    keys = ("stage", "global_step", "first_loss", "last_loss", "train_runtime_s", "tokens_per_second",
-            "nonfinite_steps_skipped", "data", "final_model")
-    print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
+    summary = TRAIN_STAGES[args.stage][1](args.config, list(args.overrides))
+    shown = {k: summary.get(k) for k in SUMMARY_KEYS if k in summary} or summary
+    print(json.dumps(shown, indent=2, default=str))
     return 0
 
 
-register_command("train", "train a stage (align | sft) from a YAML recipe with key=value overrides",
-                 _train_args, _train_run)
+register_command("train", "train a stage from a YAML recipe with key=value overrides", _train_args, _train_run)
+
+
+#: ``mova eval NAME``: name -> (help line, argument filler, runner returning an exit code).
+EVALS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def register_eval(name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None],
+                  run: Callable[[argparse.Namespace], int]) -> None:
+    """Add ``mova eval NAME``: ``add_args`` fills its parser, ``run`` executes it and returns an exit code."""
+    EVALS[name] = (help_text, add_args, run)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="eval_name", required=True, metavar="EVAL")
+    for name, (help_text, add_args, _) in sorted(EVALS.items()):
+        add_args(sub.add_parser(name, help=help_text, description=help_text))
+
+
+def _eval_run(args: argparse.Namespace) -> int:
+    return EVALS[args.eval_name][2](args)
+
+
+register_command("eval", "evaluate a checkpoint (mova eval NAME ...; see mova eval -h)", _eval_args, _eval_run)
 
 
 def _register_plugins() -> None:
-    """Sub-commands that live beside their library code."""
-    import mova.cache_cli  # noqa: F401  (mova cache-features)
-    import mova.safety_cli  # noqa: F401  (mova eval safety)
+    """Import every ``mova/*_cli.py`` module: each registers its commands, train stages or evaluations."""
+    import mova
+
+    for info in sorted(pkgutil.iter_modules(mova.__path__), key=lambda m: m.name):
+        if info.name.endswith("_cli"):
+            importlib.import_module(f"mova.{info.name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,6 +223,32 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    #: sections registered by other trainers (:func:`register_section`), typed, by name.
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    def section(self, name: str) -> Any:
+        """The registered section ``name`` (its defaults when the YAML has none)."""
+        if name not in self.sections:
+            if name not in SECTIONS:
+                raise ConfigError(f"no config section {name!r}; registered: {sorted(SECTIONS)}")
+            self.sections[name] = SECTIONS[name]()
+        return self.sections[name]
+
+
+#: Top-level YAML sections that trainers add to a stage recipe (``rm:``, ``ppo:``, ...): name -> dataclass.
+SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> None:
+    """Let stage recipes carry a ``name:`` mapping read into dataclass ``cls`` (``RunConfig.section(name)``).
+
+    A trainer registers its own options here so that the shared run config (model, data, train) does not
+    grow a field per method.
+    """
+    reserved = {f.name for f in dataclasses.fields(RunConfig)}
+    if name in reserved:
+        raise ConfigError(f"config section name {name!r} is taken by RunConfig")
+    SECTIONS[name] = cls
 
 
 T = TypeVar("T")
@@ -344,7 +370,10 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
             data["model"] = loaded.get("model", loaded)
             model_base = model_file.resolve().parent
     data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
+    sections = {name: from_dict(SECTIONS[name], data.pop(name) or {}, name) for name in list(data)
+                if name in SECTIONS}
     cfg = from_dict(RunConfig, data, "run")
+    cfg.sections.update(sections)
     _resolve_relative(cfg.model, model_base)
     if path:
         for attr in ("data_path", "image_folder", "feature_cache"):

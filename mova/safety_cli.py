@@ -1,9 +1,4 @@
-"""``mova eval``: the command group for checkpoint evaluations, and its first member, ``mova eval safety``.
-
-Each evaluation registers itself in :data:`EVALS` with :func:`register_eval` (a name, a help line, a
-function that fills its argument parser, a function that runs it and returns an exit code); ``mova eval``
-gives each one a sub-command. A later evaluation (``vqa``, ``gsm8k``) adds itself the same way from its own
-``*_cli.py`` module, imported next to this one in :func:`mova.cli._register_plugins`.
+"""``mova eval safety``: the SPA-VL safety evaluation (registered in :data:`mova.cli.EVALS`).
 
     mova eval safety --model runs/dpo/final --data sqrti/SPA-VL --judge keyword \\
         --base-model runs/sft/final --out-dir runs/eval/safety-dpo
@@ -13,32 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from typing import Any
 
-from mova.cli import register_command
+from mova.cli import register_eval
 from mova.errors import ConfigError
-
-EVALS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
-
-
-def register_eval(name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None],
-                  run: Callable[[argparse.Namespace], int]) -> None:
-    """Add ``mova eval NAME``: ``add_args`` fills its parser, ``run`` executes it and returns an exit code."""
-    EVALS[name] = (help_text, add_args, run)
-
-
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="eval_name", required=True, metavar="EVAL")
-    for name, (help_text, add_args, _) in EVALS.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
-
-
-def _eval_run(args: argparse.Namespace) -> int:
-    return EVALS[args.eval_name][2](args)
-
-
-register_command("eval", "evaluate a checkpoint (mova eval safety ...)", _eval_args, _eval_run)
 
 
 # --- mova eval safety ------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Reinforcement learning from rewards: reward functions, reward models, PPO, curricula and sandboxes."""
