@@ -31,6 +31,9 @@ setup(
         "tensorboard>=2.14",
         "matplotlib>=3.7",
         "pyarrow>=14",
+        # TRACE metrics (ROUGE-L, BLEU); both run offline.
+        "rouge-score>=0.1.2",
+        "sacrebleu>=2.3",
     ],
     extras_require={
         "ocr": ["rapidocr-onnxruntime>=1.3"],
