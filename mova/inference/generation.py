@@ -11,7 +11,14 @@ goes through :func:`generate_answers`, so that prompts are rendered, padded and 
   back in input order;
 * batches are padded on the left, so that every row's next token follows its own prompt. Mova computes
   position ids from the attention mask and the experts' layouts (padding takes no position), and plain LMs
-  from the mask, which makes a padded row give the same logits as the sample alone (tested to 1e-4).
+  from the mask, which makes a padded row give the same logits as the sample alone, at every step (tested
+  to 1e-4 in ``tests/test_generation_backend.py``);
+* ``stop`` strings end each row at the first stop string of its continuation (the text is cut there) and the
+  batch ends when every row has ended (:mod:`mova.inference.decoding`);
+* sampling with a ``seed`` draws each sample from its own generator, so answers do not depend on the batch
+  size, the sort order or the number of processes;
+* under ``torchrun`` (an initialised process group) each process generates its shard and every process gets
+  the merged answers in input order (:mod:`mova.inference.sharding`).
 """
 
 from __future__ import annotations
@@ -23,9 +30,12 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from mova.data.templates import IMAGE_PLACEHOLDER, normalize_messages, render_text
 from mova.errors import ConfigError, PlaceholderMismatchError
+from mova.inference.decoding import SeededSampler, StopOnStrings, truncate_at_stop
+from mova.inference.sharding import gather_shards, rank_and_world, shard
 
 ImageArg = Any  # a PIL image or a path, a list of them (several images in one sample), or None
 
@@ -35,12 +45,16 @@ class Generation:
     """One generated answer with what an audit needs: ``num_tokens`` (EOS included when the model stopped)
     tells a cut answer (``num_tokens == max_new_tokens`` and no EOS) from a finished one;
     ``first_logits`` (the raw vocabulary logits of the first answer token, before any token suppression, on
-    CPU) is kept only on request."""
+    CPU) is kept only on request, and ``step_logits`` (``[num_tokens, vocab]``: the raw logits of every
+    answer step) only with ``return_step_logits``. ``stop_reason`` is ``"eos"``, ``"stop"`` (a stop string;
+    ``finished`` is then true too) or ``"length"``."""
 
     text: str
     num_tokens: int
     finished: bool
     first_logits: torch.Tensor | None = None
+    step_logits: torch.Tensor | None = None
+    stop_reason: str = "length"
 
 
 def is_mova_processor(processor: Any) -> bool:
@@ -163,6 +177,10 @@ def generate_answers(
     progress: bool = True,
     desc: str = "generate",
     return_details: bool = False,
+    stop: Sequence[str] | None = None,
+    top_k: int = 0,
+    return_step_logits: bool = False,
+    shard_across_processes: bool = True,
     **generate_kwargs: Any,
 ) -> list[str] | list[Generation]:
     """Generate one answer per conversation, batched; answers are returned in input order.
@@ -171,19 +189,25 @@ def generate_answers(
     Hugging Face causal LM with its tokenizer (then every image must be ``None``). ``images[i]`` is the
     image of sample ``i`` (PIL image or path; a list for several; ``None`` for text-only). Prompts are built
     by :func:`build_prompts` (``template`` overrides the model's chat template). Greedy decoding by default;
-    ``do_sample`` uses ``temperature`` and ``top_p`` (and ``seed``, when given, seeds torch first, for a
-    repeatable run on one machine and batch size). Extra keyword arguments go to ``model.generate``.
+    ``do_sample`` uses ``temperature``, ``top_p`` and ``top_k``; with a ``seed`` each sample draws from its
+    own generator (seeded by ``seed`` and its index), so a sampled run repeats exactly whatever the batch
+    size or number of processes. ``stop`` strings end an answer (the text is cut before the stop string).
+    Extra keyword arguments go to ``model.generate``.
 
     Returns the stripped answer texts, or with ``return_details`` one :class:`Generation` per sample (token
-    count, whether EOS was reached, first-step logits). The model is in eval mode during the run and its
-    previous mode is restored afterwards.
+    count, why it stopped, first-step logits; every step's logits with ``return_step_logits``). The model is
+    in eval mode during the run and its previous mode is restored afterwards. Inside a ``torchrun`` process
+    group the samples are sharded over the processes and every process gets all answers
+    (``shard_across_processes=False`` makes each process generate everything itself).
     """
     images = list(images) if images is not None else [None] * len(conversations)
     prompts = build_prompts(processor, conversations, images, template)
     return generate_from_prompts(model, processor, prompts, images, batch_size=batch_size,
                                  max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                  top_p=top_p, seed=seed, progress=progress, desc=desc,
-                                 return_details=return_details, **generate_kwargs)
+                                 return_details=return_details, stop=stop, top_k=top_k,
+                                 return_step_logits=return_step_logits,
+                                 shard_across_processes=shard_across_processes, **generate_kwargs)
 
 
 def generate_from_prompts(
@@ -201,9 +225,14 @@ def generate_from_prompts(
     progress: bool = True,
     desc: str = "generate",
     return_details: bool = False,
+    stop: Sequence[str] | None = None,
+    top_k: int = 0,
+    return_step_logits: bool = False,
+    shard_across_processes: bool = True,
     **generate_kwargs: Any,
 ) -> list[str] | list[Generation]:
-    """:func:`generate_answers` for prompts already rendered (a judge that writes its own raw prompt).
+    """:func:`generate_answers` for prompts already rendered (a judge that writes its own raw prompt, a
+    few-shot prompt).
 
     Each prompt's ``<image>`` placeholders must match its images; BOS is added unless the prompt starts
     with it.
@@ -215,15 +244,22 @@ def generate_from_prompts(
         raise ValueError(f"got {n} prompts but {len(images)} image entries")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(stop, str):
+        stop = [stop]
+    stop = [s for s in (stop or []) if s]
     lengths = prompt_lengths(processor, prompts, images)
     order = sorted(range(n), key=lambda i: -lengths[i])  # stable: equal lengths keep input order
+    rank, world = rank_and_world() if shard_across_processes else (0, 1)
+    mine = shard(order, rank, world)
     tokenizer = tokenizer_of(processor)
     eos_id = tokenizer.eos_token_id
-    gen_args: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+    seeded = do_sample and seed is not None
+    gen_args: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample and not seeded,
                                 "pad_token_id": _pad_id(tokenizer), "eos_token_id": eos_id}
-    if do_sample:
-        gen_args.update(temperature=temperature, top_p=top_p)
-    if return_details:
+    if do_sample and not seeded:
+        gen_args.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
+    want_logits = return_details or return_step_logits
+    if want_logits:
         gen_args.update(output_logits=True, return_dict_in_generate=True)
     if is_mova_processor(processor):
         # An ``<image>`` token in the answer has no image to fill it: the model's next step would refuse the
@@ -232,33 +268,60 @@ def generate_from_prompts(
     if "suppress_tokens" in generate_kwargs:
         generate_kwargs = {**generate_kwargs, "suppress_tokens": [*gen_args.get("suppress_tokens", []),
                                                                   *generate_kwargs["suppress_tokens"]]}
+    extra_processors = list(generate_kwargs.pop("logits_processor", None) or [])
+    extra_criteria = list(generate_kwargs.pop("stopping_criteria", None) or [])
     gen_args.update(generate_kwargs)
-    if seed is not None:
-        torch.manual_seed(seed)
-    results: list[Generation | None] = [None] * n
+    local: list[tuple[int, Generation]] = []
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), tqdm(total=n, desc=desc, unit="q", disable=not progress) as bar:
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+        with torch.no_grad(), tqdm(total=len(mine), desc=desc, unit="q", disable=not progress or rank != 0) as bar:
+            for start in range(0, len(mine), batch_size):
+                idx = mine[start:start + batch_size]
                 batch = _to_device(_encode(processor, [prompts[i] for i in idx], [images[i] for i in idx]),
                                    model.device)
-                out = model.generate(**batch, **gen_args)
-                sequences = out.sequences if return_details else out
-                new_tokens = sequences[:, batch["input_ids"].shape[1]:].cpu()
+                width = batch["input_ids"].shape[1]
+                stopper = StopOnStrings(tokenizer, stop, width) if stop else None
+                processors = [*extra_processors]
+                if seeded:
+                    processors.append(SeededSampler(seed, idx, temperature=temperature, top_p=top_p, top_k=top_k))
+                criteria = [*extra_criteria, *([stopper] if stopper else [])]
+                out = model.generate(**batch, **gen_args, logits_processor=LogitsProcessorList(processors),
+                                     stopping_criteria=StoppingCriteriaList(criteria))
+                sequences = out.sequences if want_logits else out
+                new_tokens = sequences[:, width:].cpu()
                 for row, i in enumerate(idx):
-                    tokens = new_tokens[row].tolist()
-                    finished = eos_id is not None and eos_id in tokens
-                    stop = tokens.index(eos_id) + 1 if finished else len(tokens)
-                    text = tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
-                    first = out.logits[0][row].float().cpu() if return_details and out.logits else None
-                    results[i] = Generation(text=text, num_tokens=stop, finished=finished, first_logits=first)
+                    local.append((i, _finish_row(tokenizer, new_tokens[row].tolist(), eos_id, stop,
+                                                 stopper.stopped_at.get(row) if stopper else None,
+                                                 out.logits if want_logits else None, row, return_details,
+                                                 return_step_logits)))
                 bar.update(len(idx))
     finally:
         model.train(was_training)
-    done = [r for r in results if r is not None]
-    return done if return_details else [r.text for r in done]
+    done = gather_shards(n, local) if world > 1 else [g for _, g in sorted(local, key=lambda x: x[0])]
+    return done if (return_details or return_step_logits) else [r.text for r in done]
+
+
+def _finish_row(tokenizer: Any, tokens: list[int], eos_id: int | None, stop: Sequence[str],
+                stopped_at: int | None, logits: Sequence[torch.Tensor] | None, row: int, first: bool,
+                steps: bool) -> Generation:
+    """One row's :class:`Generation`: its tokens up to EOS or the stop string, the text cut at the stop."""
+    eos_at = tokens.index(eos_id) + 1 if eos_id is not None and eos_id in tokens else None
+    if stopped_at is not None and (eos_at is None or stopped_at < eos_at):
+        length, reason = stopped_at, "stop"
+    elif eos_at is not None:
+        length, reason = eos_at, "eos"
+    else:
+        length, reason = len(tokens), "length"
+    text = tokenizer.decode(tokens[:length], skip_special_tokens=True)
+    if stop:
+        text, found = truncate_at_stop(text, stop)
+        if found and reason == "length":  # the stop string completed on the very last allowed token
+            reason = "stop"
+    step_logits = torch.stack([logits[t][row].float().cpu() for t in range(length)]) if steps and logits else None
+    first_logits = logits[0][row].float().cpu() if first and logits else None
+    return Generation(text=text.strip(), num_tokens=length, finished=reason != "length",
+                      first_logits=first_logits, step_logits=step_logits, stop_reason=reason)
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None,
