@@ -28,6 +28,9 @@ from mova.model.modeling_mova import MovaConfig
 logger = logging.getLogger(__name__)
 
 PROCESSOR_FILE = "mova_processor.json"
+#: ``from_pretrained`` options meant for loading files, not for the processor itself.
+HUB_KWARGS = ("trust_remote_code", "cache_dir", "revision", "token", "local_files_only", "force_download",
+              "subfolder")
 ImageInput = Image.Image | str | Path
 
 
@@ -75,11 +78,20 @@ class MovaProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, config: MovaConfig | None = None, **kwargs: Any) -> MovaProcessor:
+        # AutoProcessor (a released folder loaded with trust_remote_code) passes loading options along.
+        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        hub.pop("trust_remote_code", None)
+        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}  # its markers, e.g. _from_auto
         path = Path(path)
-        config = config or MovaConfig.from_pretrained(path)
+        config = config or MovaConfig.from_pretrained(path, **hub)
         options = json.loads((path / PROCESSOR_FILE).read_text()) if (path / PROCESSOR_FILE).is_file() else {}
         options.update(kwargs)
-        return cls(AutoTokenizer.from_pretrained(path), config, **options)
+        return cls(AutoTokenizer.from_pretrained(path, **hub), config, **options)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoProcessor") -> None:
+        """Called by ``AutoProcessor`` on a released folder's code (``mova export`` writes ``auto_map``)."""
+        cls._auto_class = auto_class
 
     # --- templates -----------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
