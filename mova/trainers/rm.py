@@ -1,0 +1,415 @@
+"""Reward-model training (``mova train rm``) for text LMs and Mova VLMs, on the shared trainer.
+
+A pair batch is laid out by :mod:`mova.data.pairs` (by default prompt, image and both responses once
+per pair, as a tree), so one forward pass gives both rewards of every pair
+(:func:`~mova.rl.reward_model.pair_scores`). The loss is one of :mod:`mova.trainers.rm_loss`
+(Bradley-Terry, label smoothing, soft labels on negative-strength pairs) with an optional adaptive
+margin from each pair's preference strength, plus optional terms: an LM loss on the chosen responses, a
+contrastive loss (SimCSE / SwAV) on reward-model features, and MetaRM's ascent step on policy samples
+(:mod:`mova.trainers.metarm`). Label flipping edits the data once before training: the
+``rm.flip_fraction`` weakest pairs by strength get chosen and rejected swapped.
+
+Checkpoints, resume, the non-finite-loss guard, progress, TensorBoard and ``summary.json`` come from
+:class:`~mova.trainers.base.MovaTrainer`, as for every other stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import set_seed
+
+from mova.config import RunConfig, register_section, to_dict
+from mova.data.pairs import PaddedPairCollator, PairDataset, PairEncoder, SharedPromptCollator
+from mova.errors import ConfigError, UnknownNameError
+from mova.rl.reward_model import RewardModel, pair_scores, unwrap
+from mova.trainers.base import MovaTrainer, resolve_resume, write_report
+from mova.trainers.rm_loss import CONTRASTIVE, check_rm_loss_options, rm_loss, simcse_loss, swav_loss, weakest_pairs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RmConfig:
+    """Reward-model options (the ``rm:`` section of a stage YAML); ``data.data_path`` names the pairs."""
+
+    #: bt | label_smoothing | soft_negative (mova.trainers.rm_loss).
+    loss: str = "bt"
+    #: a in -(1-a) log p - a log(1-p): for label_smoothing (every pair) and soft_negative (negative strength).
+    label_smoothing: float = 0.0
+    #: adaptive margin: the loss sees r_c - r_r - margin_scale * strength_mean. 0: no margin.
+    margin_scale: float = 0.0
+    #: swap chosen and rejected of this fraction of the pairs, the ones of lowest strength, before training.
+    flip_fraction: float = 0.0
+    #: a JSONL written by `mova rm-strength` (strength_mean / strength_std per pair); without it the pairs'
+    #: own strength_mean column (text JSONL) is used when present.
+    strength_path: str | None = None
+    #: weight of the mean per-token NLL of the chosen responses (keeps the backbone a language model). 0: off.
+    lm_loss_weight: float = 0.0
+    #: none | simcse | swav: a contrastive loss on reward-model features, with this weight.
+    contrastive: str = "none"
+    contrastive_weight: float = 0.1
+    #: difference (h_chosen - h_rejected per pair) | response (every response's last-token feature).
+    contrastive_features: str = "difference"
+    #: the two views are two dropout masks on the features (one backbone pass).
+    contrastive_dropout: float = 0.1
+    contrastive_temperature: float = 0.1
+    swav_prototypes: int = 16
+    swav_epsilon: float = 0.05
+    swav_iterations: int = 3
+    #: MetaRM: a JSONL of {"prompt", "responses": [k policy samples], "image"?}; the ascent step runs every
+    #: ``metarm_every`` steps on ``metarm_batch_size`` prompts with step size ``metarm_lr``.
+    metarm_path: str | None = None
+    metarm_lr: float = 1e-3
+    metarm_every: int = 1
+    metarm_batch_size: int = 4
+    #: shared (prompt and image once per pair, a tree) | padded ([prompt+chosen; prompt+rejected]).
+    pair_encoding: str = "shared"
+    max_tokens_per_row: int = 512
+    #: Mova: train the fusion network too (the LLM always trains, fully or through LoRA; the head always).
+    train_fusion: bool = False
+    #: SPA-VL config / split / class filter / first-N limit for data.data_path.
+    spavl_config: str = "default"
+    split: str | None = None
+    class1: list[str] = field(default_factory=list)
+    limit: int | None = None
+    #: held-out pairs scored after training (accuracy, margin): a JSONL or a SPA-VL source.
+    eval_data_path: str | None = None
+    eval_spavl_config: str = "validation"
+    eval_split: str | None = None
+    eval_limit: int | None = None
+    eval_batch_size: int = 16
+
+
+register_section("rm", RmConfig)
+
+PAIR_ENCODINGS = {"shared": SharedPromptCollator, "padded": PaddedPairCollator}
+FEATURES = ("difference", "response")
+
+
+def pair_collator(encoding: str, pad_token_id: int, max_tokens: int = 512) -> Any:
+    if encoding not in PAIR_ENCODINGS:
+        raise UnknownNameError("rm.pair_encoding", encoding, PAIR_ENCODINGS)
+    if encoding == "shared":
+        return SharedPromptCollator(pad_token_id, max_tokens)
+    return PaddedPairCollator(pad_token_id)
+
+
+def check_rm_config(rm: RmConfig, has_strength: bool) -> None:
+    check_rm_loss_options(rm.loss, rm.label_smoothing, rm.margin_scale, has_strength, rm.flip_fraction)
+    if rm.contrastive not in CONTRASTIVE:
+        raise UnknownNameError("rm.contrastive", rm.contrastive, CONTRASTIVE)
+    if rm.contrastive_features not in FEATURES:
+        raise UnknownNameError("rm.contrastive_features", rm.contrastive_features, FEATURES)
+    if rm.pair_encoding not in PAIR_ENCODINGS:
+        raise UnknownNameError("rm.pair_encoding", rm.pair_encoding, PAIR_ENCODINGS)
+    if rm.metarm_path and rm.metarm_every < 1:
+        raise ConfigError(f"rm.metarm_every must be >= 1, got {rm.metarm_every}")
+
+
+# --- data ----------------------------------------------------------------------------------------------
+class FlippedPairs:
+    """A preference dataset with chosen and rejected swapped at the given positions (label flipping)."""
+
+    def __init__(self, pairs: Any, flipped: set[int]):
+        self.pairs = pairs
+        self.flipped = set(flipped)
+        self.skipped = list(getattr(pairs, "skipped", []))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _swap(self, pair: Any, i: int) -> Any:
+        if i in self.flipped:
+            pair.chosen, pair.rejected = pair.rejected, pair.chosen
+            pair.meta = {**pair.meta, "label_flipped": True}
+        return pair
+
+    def __getitem__(self, i: int) -> Any:
+        return self._swap(self.pairs[i], i)
+
+    def without_image(self, i: int) -> Any:
+        pair = self.pairs.without_image(i) if hasattr(self.pairs, "without_image") else self.pairs[i]
+        return self._swap(pair, i)
+
+    @property
+    def has_image(self) -> list[bool]:
+        return list(self.pairs.has_image) if hasattr(self.pairs, "has_image") else \
+            [p.image is not None for p in self.pairs]
+
+    def summary(self) -> dict[str, Any]:
+        base = self.pairs.summary() if hasattr(self.pairs, "summary") else {}
+        return {**base, "flipped": len(self.flipped)}
+
+
+def load_pair_source(source: str, *, spavl_config: str = "default", split: str | None = None,
+                     class1: list[str] | None = None, limit: int | None = None, skip_invalid: bool = False) -> Any:
+    """Pairs from a JSONL / JSON file of text pairs, or a SPA-VL source (hub id or local folder)."""
+    from mova.data.preference import load_spavl, load_text_preferences
+
+    if not source:
+        raise ConfigError("data.data_path is required (sqrti/SPA-VL, a local SPA-VL folder, or a JSONL file)")
+    if source.endswith((".jsonl", ".json")):
+        return load_text_preferences(source, skip_invalid=skip_invalid, limit=limit)
+    return load_spavl(source, spavl_config, split, class1=class1 or None, limit=limit, skip_invalid=skip_invalid)
+
+
+def pair_strength(cfg: RunConfig, pairs: Any) -> torch.Tensor | None:
+    """Each pair's strength mean (``[len(pairs)]``), from ``rm.strength_path`` or the pairs' own column."""
+    from mova.rl.strength import load_strength
+
+    rm = cfg.section("rm")
+    if rm.strength_path:
+        return load_strength(rm.strength_path, pairs)["strength_mean"]
+    records = getattr(pairs, "records", None)
+    metas = [r.meta for r in records] if records is not None else [p.meta for p in pairs]
+    present = ["strength_mean" in m for m in metas]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = present.index(False)
+        raise ConfigError(f"pair {missing} of {cfg.data.data_path} has no strength_mean column while others do")
+    return torch.tensor([float(m["strength_mean"]) for m in metas], dtype=torch.float64)
+
+
+# --- trainer -------------------------------------------------------------------------------------------
+class RmTrainer(MovaTrainer):
+    """``compute_loss`` is the reward-model loss; the loop, checkpoints and logging are the shared base."""
+
+    def __init__(self, *args: Any, rm_options: RmConfig, strength: torch.Tensor | None = None,
+                 meta: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.rm_options = rm_options
+        self.strength = strength
+        self.meta = meta
+        # compute_loss returns a per-pair mean: the base divides by gradient accumulation itself.
+        self.model_accepts_loss_kwargs = False
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        if self.meta is None or self.state.global_step % self.rm_options.metarm_every:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # MetaRM: step to theta' by ascending the difference loss on policy samples, take the BT gradient
+        # there, and come back to theta before the optimizer applies that gradient to theta.
+        before, after = self.meta.ascend(unwrap(model))
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self.meta.restore()
+        self._metrics["meta/difference_loss"].append(before)
+        self._metrics["meta/difference_loss_after_ascent"].append(after)
+        return loss
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        opts = self.rm_options
+        n = int(inputs["pair_index"].numel())
+        keep: Any = 1
+        chosen_tokens = None
+        if opts.lm_loss_weight:
+            chosen_tokens = inputs["score_owner"] < n
+            keep, where = torch.unique(inputs["score_pred"][chosen_tokens], return_inverse=True)
+        r_c, r_r, out, (rows, cols) = pair_scores(model, inputs, n, logits_to_keep=keep)
+        strength = None
+        if self.strength is not None:
+            strength = self.strength[inputs["pair_index"].cpu()].to(r_c.device, r_c.dtype)
+        res = rm_loss(r_c, r_r, loss=opts.loss, label_smoothing=opts.label_smoothing, strength=strength,
+                      margin_scale=opts.margin_scale)
+        loss = res.losses.mean()
+        metrics = res.metrics()
+        metrics["loss/preference"] = loss.detach()
+        if opts.lm_loss_weight:
+            logits = out.logits[inputs["score_rows"][chosen_tokens], where]
+            nll = F.cross_entropy(logits.float(), inputs["score_targets"][chosen_tokens])
+            loss = loss + opts.lm_loss_weight * nll
+            metrics["nll/chosen"] = nll.detach()
+        if opts.contrastive != "none":
+            aux = self.contrastive_loss(model, out.hidden_states[rows, cols], n)
+            loss = loss + opts.contrastive_weight * aux
+            metrics[f"loss/{opts.contrastive}"] = aux.detach()
+        values = torch.stack([v.float() for v in metrics.values()])
+        values = self.accelerator.reduce(values, reduction="mean")
+        for name, value in zip(metrics, values.tolist()):
+            self._metrics[name].append(value)
+        return (loss, out) if return_outputs else loss
+
+    def contrastive_loss(self, model: torch.nn.Module, features: torch.Tensor, n: int) -> torch.Tensor:
+        opts = self.rm_options
+        feats = features[:n] - features[n:] if opts.contrastive_features == "difference" else features
+        v1 = F.dropout(feats, opts.contrastive_dropout, training=True)
+        v2 = F.dropout(feats, opts.contrastive_dropout, training=True)
+        if opts.contrastive == "simcse":
+            return simcse_loss(v1, v2, opts.contrastive_temperature)
+        prototypes = unwrap(model).aux["swav"].weight
+        return swav_loss(v1, v2, prototypes, opts.contrastive_temperature, opts.swav_epsilon, opts.swav_iterations)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._metrics:
+            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items()})
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+
+# --- model ---------------------------------------------------------------------------------------------
+def load_backbone(cfg: RunConfig) -> tuple[torch.nn.Module, Any, bool]:
+    """``(backbone, processor_or_tokenizer, is_mova)``: a Mova checkpoint, a text LM, or a fresh Mova model
+    (the same sources as DPO's policy)."""
+    from mova.trainers.dpo import load_policy
+
+    return load_policy(cfg)
+
+
+def configure_backbone(model: torch.nn.Module, cfg: RunConfig, is_mova: bool) -> tuple[torch.nn.Module, dict[str, int]]:
+    """Freeze what reward modelling keeps fixed (experts; the fusion network unless asked); LoRA if configured."""
+    from mova.trainers.stages import StageSpec, configure_trainable
+
+    rm = cfg.section("rm")
+    if is_mova:
+        return model, configure_trainable(model, StageSpec(train_fusion=rm.train_fusion, train_llm=True,
+                                                           default_template=None), cfg)
+    lora = cfg.train.lora
+    if lora.r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+    else:
+        model.requires_grad_(True)
+    return model, {"language_model": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def _deepspeed_stage(path: str | None) -> int:
+    if not path:
+        return 0
+    data = json.loads(Path(path).read_text())
+    return int(data.get("zero_optimization", {}).get("stage", 0))
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+def _to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else
+            ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def score_pair_dataset(rm: RewardModel, dataset: PairDataset, collator: Any, batch_size: int = 16,
+                       device: Any = None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards ``(r_c, r_r)`` of every pair of ``dataset``, by dataset position (one pass, no grad)."""
+    device = device or rm.device
+    was_training = rm.training
+    rm.eval().to(device)
+    r_c = torch.full((len(dataset),), float("nan"), dtype=torch.float64)
+    r_r = torch.full((len(dataset),), float("nan"), dtype=torch.float64)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
+    for batch in tqdm(loader, desc="score pairs", disable=not progress):
+        idx = batch["pair_index"]
+        c, r, _, _ = pair_scores(rm, _to_device(batch, device), len(idx))
+        r_c[idx], r_r[idx] = c.double().cpu(), r.double().cpu()
+    rm.train(was_training)
+    return r_c, r_r
+
+
+def preference_metrics(r_c: torch.Tensor, r_r: torch.Tensor) -> dict[str, float]:
+    """Accuracy (chosen scored higher), mean margin and score means of scored pairs."""
+    return {"accuracy": float((r_c > r_r).double().mean()), "margin": float((r_c - r_r).mean()),
+            "chosen": float(r_c.mean()), "rejected": float(r_r.mean()), "pairs": int(r_c.numel())}
+
+
+def build_pair_dataset(cfg: RunConfig, processor: Any, is_mova: bool, pairs: Any, template: str) -> PairDataset:
+    encoder = PairEncoder(processor, template, max_length=cfg.data.max_length)
+    return PairDataset(pairs, encoder, skip_invalid=cfg.data.skip_bad_records)
+
+
+def default_template(cfg: RunConfig, backbone: torch.nn.Module, processor: Any, is_mova: bool) -> str:
+    if cfg.data.template:
+        return cfg.data.template
+    if is_mova:
+        return unwrap(backbone).config.template
+    return "tokenizer" if getattr(processor, "chat_template", None) else "raw"
+
+
+# --- entry point ---------------------------------------------------------------------------------------
+def run_rm(cfg: RunConfig) -> dict[str, Any]:
+    """Train a reward model end to end; returns the run summary (also written to ``output_dir``)."""
+    from mova.trainers.stages import training_arguments
+
+    opts: RmConfig = cfg.section("rm")
+    if _deepspeed_stage(cfg.train.deepspeed) == 3:
+        raise ConfigError("reward-model training supports ZeRO-2 (scripts/zero2.json), not ZeRO-3: the final "
+                          "save writes the head and backbone from full weights")
+    set_seed(cfg.train.seed)
+    pairs = load_pair_source(cfg.data.data_path, spavl_config=opts.spavl_config, split=opts.split,
+                             class1=opts.class1, limit=opts.limit, skip_invalid=cfg.data.skip_bad_records)
+    strength_all = pair_strength(cfg, pairs)
+    check_rm_config(opts, strength_all is not None)
+    flipped: list[int] = []
+    if opts.flip_fraction > 0:
+        flipped = weakest_pairs(strength_all, opts.flip_fraction).tolist()
+        strength_all = strength_all.clone()
+        strength_all[flipped] = -strength_all[flipped]  # r_c - r_r under the swapped labels
+        pairs = FlippedPairs(pairs, set(flipped))
+    backbone, processor, is_mova = load_backbone(cfg)
+    backbone, trainable = configure_backbone(backbone, cfg, is_mova)
+    model = RewardModel.from_backbone(backbone)
+    hidden = model.score_head.in_features
+    if opts.contrastive == "swav":
+        model.aux["swav"] = torch.nn.Linear(hidden, opts.swav_prototypes, bias=False)
+    trainable["score_head"] = hidden + 1
+    template = default_template(cfg, backbone, processor, is_mova)
+    dataset = build_pair_dataset(cfg, processor, is_mova, pairs, template)
+    strength = strength_all[torch.tensor(dataset.keep)].float() if strength_all is not None else None
+    tokenizer = processor.tokenizer if is_mova else processor
+    collator = pair_collator(opts.pair_encoding, tokenizer.pad_token_id, opts.max_tokens_per_row)
+    args = training_arguments(cfg)
+    meta = None
+    if opts.metarm_path:
+        from mova.trainers.metarm import MetaRmStep, load_meta_set
+
+        meta_set = load_meta_set(opts.metarm_path, PairEncoder(processor, template, max_length=cfg.data.max_length))
+        meta = MetaRmStep(meta_set, collator, lr=opts.metarm_lr, batch_size=opts.metarm_batch_size,
+                          seed=cfg.train.seed)
+    trainer = RmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                        max_nonfinite_in_a_row=cfg.train.max_nonfinite_in_a_row,
+                        group_by_modality_length=cfg.data.group_by_modality_length,
+                        rm_options=opts, strength=strength, meta=meta)
+    resume = resolve_resume(args.output_dir, cfg.train.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
+    if cfg.train.lora.r > 0 and cfg.train.lora.merge:
+        if is_mova:
+            backbone.language_model = backbone.language_model.merge_and_unload()
+        else:
+            model.backbone = backbone.merge_and_unload()
+    final = Path(args.output_dir) / "final"
+    extra: dict[str, Any] = {"stage": "rm", "template": template, "data": dataset.summary(),
+                             "trainable_params": trainable, "final_model": str(final), "flipped_pairs": len(flipped)}
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        model.save_pretrained(final, processor, extra={"template": template})
+    if opts.eval_data_path:
+        eval_pairs = load_pair_source(opts.eval_data_path, spavl_config=opts.eval_spavl_config,
+                                      split=opts.eval_split, limit=opts.eval_limit,
+                                      skip_invalid=cfg.data.skip_bad_records)
+        eval_ds = build_pair_dataset(cfg, processor, is_mova, eval_pairs, template)
+        r_c, r_r = score_pair_dataset(model, eval_ds, collator, opts.eval_batch_size, args.device,
+                                      progress=trainer.is_world_process_zero())
+        extra["eval"] = preference_metrics(r_c, r_r)
+    logged = [h for h in trainer.state.log_history if "rewards/margins" in h]
+    extra["first_metrics"] = _rm_metrics(logged[0]) if logged else {}
+    extra["last_metrics"] = _rm_metrics(logged[-1]) if logged else {}
+    extra["config"] = to_dict(cfg)
+    return write_report(trainer, args.output_dir, extra)
+
+
+def _rm_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in entry.items() if k.startswith(("rewards/", "loss/", "nll/", "meta/"))
+            or k in ("loss", "step")}
