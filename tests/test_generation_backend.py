@@ -1,5 +1,6 @@
 """The generation backend: batched == one at a time at every step's logits (Mova with images, a plain LM),
-stop strings, per-sample seeded sampling, sharding and the merge of a ``torchrun`` run.
+stop strings, per-sample seeded sampling, sharding and merging (the 2-process ``torchrun`` run is in
+``tests/test_eval_suite.py``, which launches one for the generation call and the suite together).
 
 The models are tiny and random, so greedy tokens are a weak check (padding or position bugs often leave
 the argmax alone): every test compares the raw logits of every generated step, to 1e-4.
@@ -7,11 +8,7 @@ the argmax alone): every test compares the raw logits of every generated step, t
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +21,7 @@ from mova.inference.decoding import SeededSampler, truncate_at_stop
 from mova.inference.sharding import merge_shards, shard
 from mova.model.builder import build_model
 from mova.presets import TINY_TOKENIZER
-from tests.conftest import random_image, save_tiny_text_lm, tiny_model_config
+from tests.conftest import random_image, tiny_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,39 +172,3 @@ def test_backend_interface_and_vllm_error(text_lm, tmp_path):
         except ImportError:
             with pytest.raises(ConfigError, match="pip install vllm"):
                 load_backend(tmp_path, "vllm")
-
-
-TORCHRUN_SCRIPT = """
-import json, sys, torch
-from mova.inference import generate_from_prompts, load_model
-from mova.inference.sharding import init_distributed, is_main_process
-assert init_distributed("gloo")
-model, tok = load_model(sys.argv[1], device="cpu")
-prompts = json.loads(sys.argv[2])
-gens = generate_from_prompts(model, tok, prompts, batch_size=2, max_new_tokens=6, return_step_logits=True,
-                             progress=False)
-if is_main_process():
-    torch.save({"texts": [g.text for g in gens], "logits": [g.step_logits for g in gens]}, sys.argv[3])
-torch.distributed.destroy_process_group()
-"""
-
-
-def test_torchrun_two_processes_merge_to_the_single_process_result(tmp_path):
-    save_tiny_text_lm(tmp_path / "lm")
-    prompts = [f"USER: question {i} {'with more words ' * (i % 3)}ASSISTANT:" for i in range(7)]
-    script = tmp_path / "gen.py"
-    script.write_text(TORCHRUN_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(script), str(tmp_path / "lm"), json.dumps(prompts), str(tmp_path / "out.pt")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = torch.load(tmp_path / "out.pt", weights_only=True)
-    from mova.inference import load_model
-
-    model, tok = load_model(tmp_path / "lm", device="cpu")
-    one = generate_from_prompts(model, tok, prompts, batch_size=2, max_new_tokens=6, return_step_logits=True,
-                                progress=False)
-    assert two["texts"] == [g.text for g in one]
-    for a, b in zip(two["logits"], one):
-        torch.testing.assert_close(a, b.step_logits, rtol=0, atol=1e-4)

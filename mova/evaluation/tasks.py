@@ -38,6 +38,35 @@ class TaskContext:
     progress: bool = True
     #: this task's own options (``--task-option TASK.KEY=VALUE``), YAML-typed.
     options: dict[str, Any] = field(default_factory=dict)
+    #: chat template override (a name from ``mova.data.templates.TEMPLATES``); None: the model's own.
+    template: str | None = None
+    #: this process's rank and the number of processes under ``torchrun``. Generation through
+    #: :mod:`mova.inference` is sharded and merged for the task already; only rank 0 keeps its files
+    #: (other ranks get a scratch ``out_dir``), so a task needs no distributed code of its own.
+    rank: int = 0
+    world_size: int = 1
+    #: the task's registered name (set by the suite).
+    task: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def backend(self) -> Any:
+        """The context's model behind :class:`mova.inference.GenerationBackend` (prompts in, answers out)."""
+        from mova.inference.backends import TransformersBackend
+
+        return TransformersBackend(self.model, self.processor, batch_size=self.batch_size, progress=self.progress,
+                                   template=self.template)
+
+    def option(self, key: str, default: Any = None, required: bool = False) -> Any:
+        """``options[key]``, or ``default``; a missing required option is an error that says how to set it."""
+        if key in self.options:
+            return self.options[key]
+        if required:
+            raise ConfigError(f"this task needs the option {key!r}: pass --task-option "
+                              f"{self.task or 'TASK'}.{key}=VALUE")
+        return default
 
 
 TaskFn = Callable[[TaskContext], dict[str, float]]

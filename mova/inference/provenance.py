@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+_SAMPLE = 1 << 20
 LIBRARIES = ("mova", "torch", "transformers", "accelerate", "deepspeed", "vllm", "datasets", "trl", "peft")
 
 
@@ -42,8 +43,9 @@ def git_commit(where: str | Path | None = None) -> str | None:
 
 
 def checkpoint_fingerprint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's resolved path and a SHA-256 over its ``config.json`` and the names and sizes of its
-    weight files (cheap: the weights are not read), so two runs can tell whether they saw the same model."""
+    """The checkpoint's resolved path and a SHA-256 over its ``config.json`` and, for each weight file, its
+    name, size and first and last MiB (cheap even for a 70B checkpoint; two trainings of one model differ
+    there), so two runs can tell whether they saw the same model."""
     p = Path(path)
     if not p.is_dir():
         return {"path": str(path), "local": False}
@@ -52,7 +54,12 @@ def checkpoint_fingerprint(path: str | Path) -> dict[str, Any]:
     if config.is_file():
         h.update(config.read_bytes())
     for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(_SAMPLE))
+            fh.seek(max(0, size - _SAMPLE))
+            h.update(fh.read(_SAMPLE))
     return {"path": str(p.resolve()), "local": True, "fingerprint": h.hexdigest()[:16]}
 
 
