@@ -1,0 +1,116 @@
+"""RCL and the continual baselines on TRACE-layout data (thin entry; the work is in ``mova.continual``).
+
+    python train/rcl.py demo runs/continual_demo            # mini TRACE, tiny model + teacher, seqft/replay/rcl
+    python train/rcl.py tiny-model OUT                      # a tiny random Llama (the demo's start model)
+    python train/rcl.py teacher --tasks-dir D --model M --out OUT   # teacher on gold reasoning (mini TRACE)
+    python train/rcl.py paths --config C [key=value ...]    # only generate + filter the teacher's paths
+    python train/rcl.py run --config C [key=value ...]      # = mova train continual with strategies=[rcl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _demo(a: argparse.Namespace) -> None:
+    from mova.config import TrainConfig
+    from mova.continual.config import load_continual_config
+    from mova.continual.loop import run_continual
+    from mova.continual.rcl import train_teacher
+    from mova.continual.tiny import save_tiny_lm
+    from mova.data.trace import task_order
+    from mova.data.trace_mini import write_mini_trace
+
+    started = time.perf_counter()
+    out = Path(a.out_dir)
+    data = write_mini_trace(out / "trace_mini", n_train=a.train, n_test=a.test, tasks=a.tasks.split(","))
+    base = save_tiny_lm(out / "base")
+    overrides = [f"model={base}", f"tasks_dir={data}", f"output_dir={out}", f"rcl.teacher={out / 'teacher'}",
+                 f"order={json.dumps(a.tasks.split(','))}", f"strategies={json.dumps(a.strategies.split(','))}",
+                 *a.overrides]
+    cfg = load_continual_config(a.config, overrides)
+    if "rcl" in cfg.strategies and not (out / "teacher" / "config.json").is_file():
+        t0 = time.perf_counter()
+        teacher_cfg = TrainConfig(num_train_epochs=a.teacher_epochs, per_device_train_batch_size=32,
+                                  learning_rate=3e-3, warmup_ratio=0.05, save_steps=0, report_to=[],
+                                  logging_steps=50, use_cpu=True)
+        train_teacher(task_order(data, cfg.order), base, out / "teacher", teacher_cfg, cfg.rcl)
+        print(f"teacher trained in {time.perf_counter() - t0:.0f} s")
+    summary = run_continual(cfg)
+    print(summary["table"])
+    print(f"RCL paths kept: {json.dumps({k: v['kept'] for k, v in _kept(out).items()})}")
+    print(f"reports: {summary['reports']['markdown']}; total {time.perf_counter() - started:.0f} s")
+
+
+def _kept(out: Path) -> dict:
+    path = out / "rcl_paths" / "kept.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="the mini TRACE sequence end to end on CPU")
+    d.add_argument("out_dir")
+    d.add_argument("--config", default="train/configs/tiny_continual.yaml")
+    d.add_argument("--tasks", default="stance,summary,code,numeric,simplify")
+    d.add_argument("--strategies", default="seqft,replay,rcl")
+    d.add_argument("--train", type=int, default=200)
+    d.add_argument("--test", type=int, default=40)
+    d.add_argument("--teacher-epochs", type=float, default=6.0)
+    d.add_argument("overrides", nargs="*")
+    m = sub.add_parser("tiny-model", help="write a tiny random Llama with the repository tokenizer")
+    m.add_argument("out_dir")
+    t = sub.add_parser("teacher", help="train a teacher on records with gold 'reasoning' (mini TRACE)")
+    t.add_argument("--tasks-dir", required=True)
+    t.add_argument("--model", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--epochs", type=float, default=6.0)
+    t.add_argument("--num-demos", type=int, default=1)
+    for name in ("paths", "run"):
+        r = sub.add_parser(name)
+        r.add_argument("--config", required=True)
+        r.add_argument("overrides", nargs="*")
+    a = p.parse_args(argv)
+
+    if a.cmd == "demo":
+        _demo(a)
+    elif a.cmd == "tiny-model":
+        from mova.continual.tiny import save_tiny_lm
+
+        print(save_tiny_lm(a.out_dir))
+    elif a.cmd == "teacher":
+        from mova.config import TrainConfig
+        from mova.continual.config import RclOptions
+        from mova.continual.rcl import train_teacher
+        from mova.data.trace import task_order
+
+        cfg = TrainConfig(num_train_epochs=a.epochs, per_device_train_batch_size=32, learning_rate=3e-3,
+                          warmup_ratio=0.05, save_steps=0, report_to=[], logging_steps=50)
+        s = train_teacher(task_order(a.tasks_dir), a.model, a.out, cfg, RclOptions(num_demos=a.num_demos))
+        print(json.dumps({k: s.get(k) for k in ("global_step", "first_loss", "last_loss", "train_runtime_s")}))
+    else:
+        from mova.continual.config import load_continual_config
+        from mova.continual.loop import run_continual
+        from mova.continual.strategies import build_strategy
+        from mova.data.trace import task_order
+
+        cfg = load_continual_config(a.config, [*a.overrides, "strategies=[rcl]"])
+        if a.cmd == "paths":
+            tasks = task_order(cfg.tasks_dir, cfg.order or None)
+            strategy = build_strategy("rcl", cfg, tasks, Path(cfg.output_dir) / "rcl")
+            strategy.before_run()
+            for i in range(len(tasks)):
+                strategy.records_for(i)
+            print(json.dumps(strategy.notes["kept"], indent=1))
+        else:
+            print(run_continual(cfg)["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
