@@ -1,0 +1,109 @@
+"""Check an exported folder the way a user without Mova meets it: in a fresh Python process where
+``import mova`` fails, load it with ``AutoModelForCausalLM`` / ``AutoProcessor(trust_remote_code=True)``,
+process the same prompts and images, and compare token ids and logits with Mova's own model.
+
+The process runs from a temporary directory with ``PYTHONPATH`` removed and a meta-path finder that
+refuses every ``mova`` module, so an installed (even editable) Mova cannot leak in; transformers copies the
+folder's code into a temporary modules cache, not the user's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mova.errors import MovaError
+
+#: run as ``python -c STANDALONE FOLDER CASES_JSON OUT_SAFETENSORS``.
+STANDALONE = r'''
+import importlib.abc, json, sys
+
+class NoMova(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "mova" or name.startswith("mova."):
+            raise ImportError(f"{name}: Mova is blocked in this process (checking a standalone export)")
+        return None
+
+sys.meta_path.insert(0, NoMova())
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+folder, cases_path, out_path = sys.argv[1:4]
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+out = {}
+for name, case in json.loads(open(cases_path).read()).items():
+    inputs = processor(case["prompt"], images=case["images"] or None)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    out[name + ".logits"] = logits.float().contiguous()
+    out[name + ".input_ids"] = inputs["input_ids"].contiguous()
+save_file(out, out_path)
+open(out_path + ".json", "w").write(json.dumps({"model_class": type(model).__module__ + "." + type(model).__name__,
+                  "processor_class": type(processor).__module__ + "." + type(processor).__name__,
+                  "mova_modules": sorted(m for m in sys.modules if m == "mova" or m.startswith("mova."))}))
+'''
+
+
+class VerifyError(MovaError, RuntimeError):
+    """The exported folder did not load, or its outputs differ from Mova's."""
+
+
+@dataclass
+class VerifyReport:
+    #: case -> max |logit difference| between the standalone load and Mova's model.
+    max_abs_diff: dict[str, float]
+    ids_equal: dict[str, bool]
+    model_class: str
+    processor_class: str
+
+    def ok(self, atol: float = 1e-5) -> bool:
+        return all(self.ids_equal.values()) and all(d <= atol for d in self.max_abs_diff.values())
+
+
+def run_standalone(folder: str | Path, cases: dict[str, dict[str, Any]], timeout: float = 300) -> tuple[
+        dict[str, torch.Tensor], dict[str, Any]]:
+    """Outputs of ``cases`` (name -> ``{"prompt", "images": [paths]}``) from the folder loaded without Mova."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder).resolve()
+    with tempfile.TemporaryDirectory(prefix="mova-verify-") as tmp:
+        tmp_path = Path(tmp)
+        cases_path, out_path = tmp_path / "cases.json", tmp_path / "out.safetensors"
+        resolved = {n: {"prompt": c["prompt"], "images": [str(Path(p).resolve()) for p in c.get("images", [])]}
+                    for n, c in cases.items()}
+        cases_path.write_text(json.dumps(resolved))
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+        env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        proc = subprocess.run([sys.executable, "-c", STANDALONE, str(folder), str(cases_path), str(out_path)],
+                              cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise VerifyError(f"{folder} did not load without Mova:\n{proc.stderr[-3000:]}")
+        info = json.loads(Path(f"{out_path}.json").read_text())
+        return load_file(str(out_path)), info
+
+
+def verify_export(folder: str | Path, model: Any, processor: Any, cases: dict[str, dict[str, Any]],
+                  timeout: float = 300) -> VerifyReport:
+    """Compare Mova's ``model`` / ``processor`` with the standalone load of ``folder`` on ``cases``."""
+    outputs, info = run_standalone(folder, cases, timeout)
+    if info["mova_modules"]:
+        raise VerifyError(f"the standalone process imported {info['mova_modules']}")
+    diffs, ids_equal = {}, {}
+    for name, case in cases.items():
+        inputs = processor(case["prompt"], images=[str(p) for p in case.get("images", [])] or None)
+        with torch.no_grad():
+            logits = model(**inputs).logits.float()
+        theirs = outputs[f"{name}.logits"]
+        ids_equal[name] = torch.equal(inputs["input_ids"], outputs[f"{name}.input_ids"])
+        diffs[name] = float((logits - theirs).abs().max()) if logits.shape == theirs.shape else float("inf")
+    return VerifyReport(diffs, ids_equal, info["model_class"], info["processor_class"])
