@@ -227,7 +227,7 @@ def read_eval_tables(folders: list[Path]) -> list[tuple[str, str]]:
         if md.is_file():
             lines = md.read_text(encoding="utf-8").splitlines()
             tables = _tables(lines)
-            out.append((folder.name, tables or "\n".join(lines).strip()))
+            out.append((folder.name, tables or "```\n" + "\n".join(lines).strip() + "\n```"))
             continue
         for name in ("results.json", "summary.json"):
             path = folder / name
