@@ -46,13 +46,15 @@ Guarantees, and where they hold (docs/r3.md has the table)
   (CPython documents that determined code can evade them); they turn the common accidents into clean
   failures and back up the OS layer. There is no seccomp filter: pure Python has none to install.
 
-Programs get the standard-library modules in ``config.preload`` (imported before the process is locked
-down, because after dropping to ``nobody`` the interpreter's own files may be unreadable) as globals; other
+Programs get the standard-library modules in ``config.preload`` that their source names (imported before
+the process is locked down, because after dropping to ``nobody`` the interpreter's own files may be
+unreadable; only the named ones, because importing all of them would double the start-up time) as globals; other
 imports work only where the sandbox user can still read them, and ``config.blocked_modules`` never do.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -138,6 +140,11 @@ class SandboxResult:
 _LAUNCHER = Path(__file__).with_name("sandbox_launcher.py")
 
 
+@functools.lru_cache(maxsize=1)
+def _launcher_source() -> str:
+    return _LAUNCHER.read_text(encoding="utf-8")
+
+
 def _python(config: SandboxConfig) -> str:
     return config.python or getattr(sys, "_base_executable", None) or sys.executable
 
@@ -216,7 +223,7 @@ def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResu
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
                 proc = subprocess.Popen(
-                    [_python(config), "-I", "-S", "-c", _LAUNCHER.read_text(), json.dumps(launcher_config)],
+                    [_python(config), "-I", "-S", "-c", _launcher_source(), json.dumps(launcher_config)],
                     stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=work, env={}, start_new_session=True,
                     pass_fds=(status_w,), close_fds=True)
             finally:

@@ -52,8 +52,13 @@ def main():
     source = sys.stdin.read()
 
     # -- 2. modules a maths program may use, imported before the sandbox closes ------------------------
+    # only the ones the program names: importing all of them costs more than starting the interpreter
+    import re
+
     allowed_modules = {}
     for name in config["preload"]:
+        if not re.search(r"\b" + re.escape(name) + r"\b", source):
+            continue
         try:
             allowed_modules[name] = __import__(name)
         except ImportError:
