@@ -16,7 +16,14 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from mova.errors import ConfigError, UnknownNameError
-from mova.inference import SamplingParams, TransformersBackend, generate_answers, generate_from_prompts, load_backend
+from mova.inference import (
+    SamplingParams,
+    TransformersBackend,
+    build_prompts,
+    generate_answers,
+    generate_from_prompts,
+    load_backend,
+)
 from mova.inference.decoding import SeededSampler, truncate_at_stop
 from mova.inference.sharding import merge_shards, shard
 from mova.model.builder import build_model
@@ -79,6 +86,24 @@ def test_every_step_of_a_padded_plain_lm_batch_matches_each_sample_alone(text_lm
     for i, conv in enumerate(conversations):
         alone = generate_answers(model, tok, [conv], max_new_tokens=8, return_step_logits=True, progress=False)[0]
         assert_steps_match(batched[i], alone, f"prompt {i}")
+    # the recorded logits are each step's real logits: one forward pass over prompt + greedy answer gives them
+    prompt = build_prompts(tok, conversations[1:2])[0]
+    ids = tok(prompt, add_special_tokens=not prompt.startswith(tok.bos_token)).input_ids
+    answer = batched[1].step_logits.argmax(-1).tolist()
+    with torch.no_grad():
+        full = model(torch.tensor([ids + answer])).logits[0, len(ids) - 1:len(ids) - 1 + len(answer)]
+    torch.testing.assert_close(batched[1].step_logits, full, rtol=0, atol=1e-4)
+
+
+class StepCounter:
+    """A logits processor that only counts the decoding steps that ran."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return scores
 
 
 def test_stop_strings_end_each_row_and_keep_padded_logits_exact(text_lm):
@@ -90,8 +115,9 @@ def test_stop_strings_end_each_row_and_keep_padded_logits_exact(text_lm):
     for g in free:
         assert g.stop_reason == "length" and len(g.text) > 6
         stops.append(g.text[3:6])
+    steps = StepCounter()
     got = generate_from_prompts(model, tok, prompts, max_new_tokens=12, stop=stops, return_step_logits=True,
-                                progress=False)
+                                progress=False, logits_processor=[steps])
     for i, (g, f) in enumerate(zip(got, free)):
         expected, found = truncate_at_stop(f.text, stops)
         assert found and g.text == expected.strip() and g.stop_reason == "stop" and g.finished
@@ -100,7 +126,7 @@ def test_stop_strings_end_each_row_and_keep_padded_logits_exact(text_lm):
                                       return_step_logits=True, progress=False)[0]
         assert_steps_match(g, alone, f"row {i}")
     # the batch stops early when every row has stopped: no step beyond the longest row
-    assert max(g.num_tokens for g in got) < 12
+    assert steps.calls == max(g.num_tokens for g in got) < 12
 
 
 def test_truncate_at_stop_picks_the_earliest_stop():
