@@ -96,6 +96,8 @@ def test_hostile_programs_are_contained_and_score_zero(tmp_path, monkeypatch, fa
                                   "f(0)\nreturn 42",
         "write outside": f"open({str(outside)!r}, 'w').write('x')\nreturn 42",
         "write via ..": f"open('../../../..' + {str(outside)!r}, 'w').write('x')\nreturn 42",
+        "write via dir_fd": f"import os\nfd = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+                            f"os.close(os.open({outside.name!r}, os.O_WRONLY | os.O_CREAT, dir_fd=fd))\nreturn 42",
         "delete canary": f"import os\nos.remove({str(canary)!r})\nreturn 42",
         "rename canary": f"import os\nos.rename({str(canary)!r}, 'stolen.txt')\nreturn 42",
         "socket": f"import socket\ns = socket.socket()\ns.connect(('127.0.0.1', {port}))\nreturn 42",

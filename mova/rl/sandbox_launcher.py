@@ -177,6 +177,9 @@ def _make_guard(workdir, blocked_modules):
                 return
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and bool(flags & _WRITE_FLAGS))
+            if writing and mode is None:
+                # os.open: its dir_fd argument is not in the event, so a relative path may not be what it seems
+                deny(f"os.open({path!r}) for writing")
             if writing and not inside(path):
                 deny(f"writing {path!r}")
             if not writing:
