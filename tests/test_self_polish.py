@@ -293,3 +293,16 @@ def test_mova_polish_cli_end_to_end(tmp_path, capsys):
     assert record["provenance"]["seed"] == 0 and record["provenance"]["versions"]["torch"]
     assert record["summary"]["accuracy_original"] == sum(r["correct_original"] for r in rows) / 3
     assert "accuracy, Self-Polish" in (out / "results.md").read_text()
+    # the suite's self_polish task with the same settings gives the same per-problem results
+    suite = tmp_path / "suite"
+    rc = cli_main(["eval", "run", "--checkpoint", str(tmp_path / "lm"), "--tasks", "self_polish",
+                   "--task-option", f"self_polish.data={data}", "--task-option", "self_polish.max_rounds=1",
+                   "--task-option", "self_polish.answer_max_new_tokens=6",
+                   "--task-option", "self_polish.rewrite_max_new_tokens=6", "--task-option", "self_polish.shots=1",
+                   "--out-dir", str(suite), "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    again = [json.loads(line) for line in (suite / "lm" / "self_polish" / "polish.jsonl").read_text().splitlines()]
+    assert again == rows
+    metrics = json.loads((suite / "lm" / "summary.json").read_text())["tasks"]["self_polish"]["metrics"]
+    assert metrics["accuracy_original"] == record["summary"]["accuracy_original"]
+    assert metrics["mean_rewrites"] == record["summary"]["mean_rewrites"]
