@@ -132,6 +132,23 @@ def test_prompt_answer_labels_cover_only_the_answer(mini):
     assert (batch["labels"][1, len(cut["input_ids"]):] == -100).all()
 
 
+def test_lora_strategy_trains_adapters_and_merges_them(mini, tmp_path):
+    from mova.inference.generation import load_model
+    from mova.trainers.text_sft import train_prompt_answer
+
+    cfg = _cfg(tmp_path, mini / "data", mini / "base")
+    tasks = task_order(cfg.tasks_dir)
+    train_cfg = build_strategy("lora", cfg, tasks, tmp_path).train_config(cfg.train)
+    assert train_cfg.lora.r == 8 and train_cfg.lora.merge
+    model, tok = load_model(str(mini / "base"), device="cpu")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_prompt_answer(model, tok, tasks[0].records("train", 8), train_cfg, tmp_path / "lora")
+    after = dict(model.named_parameters())
+    assert set(after) == set(before)  # merged: no adapter weights left behind
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed and all(any(m in n for m in ("q_proj", "k_proj", "v_proj", "o_proj")) for n in changed)
+
+
 # --- the loop: resume -----------------------------------------------------------------------------
 
 class Killed(Exception):
@@ -194,6 +211,16 @@ def test_mova_train_continual_cli(mini, tmp_path, capsys):
         assert r["FWT"] is None
     assert report["replay"]["notes"]["replayed"]["code"] == {"stance": 6}
     assert (tmp_path / "run" / "R_seqft.png").is_file() and (tmp_path / "run" / "report.md").is_file()
+
+    # `mova eval run --tasks trace` on the last checkpoint scores what the loop scored after the last task.
+    final = tmp_path / "run" / "seqft" / "tasks" / "01-code" / "model"
+    assert main(["eval", "run", "--checkpoint", str(final), "--tasks", "trace", "--task-option",
+                 f"trace.tasks_dir={mini / 'data'}", "--task-option", "trace.order=stance,code", "--limit", "3",
+                 "--batch-size", "8", "--max-new-tokens", "3", "--out-dir", str(tmp_path / "eval"),
+                 "--device", "cpu", "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "model" / "summary.json").read_text())["tasks"]["trace"]["metrics"]
+    assert metrics["stance"] == pytest.approx(report["seqft"]["R"][1][0])
+    assert metrics["code"] == pytest.approx(report["seqft"]["R"][1][1])
 
 
 def test_config_overrides_and_errors(tmp_path):

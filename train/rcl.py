@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,11 +36,14 @@ def _demo(a: argparse.Namespace) -> None:
     cfg = load_continual_config(a.config, overrides)
     if "rcl" in cfg.strategies and not (out / "teacher" / "config.json").is_file():
         t0 = time.perf_counter()
-        teacher_cfg = TrainConfig(num_train_epochs=a.teacher_epochs, per_device_train_batch_size=32,
+        teacher_cfg = TrainConfig(num_train_epochs=a.teacher_epochs, per_device_train_batch_size=16,
                                   learning_rate=3e-3, warmup_ratio=0.05, save_steps=0, report_to=[],
-                                  logging_steps=50, use_cpu=True)
-        train_teacher(task_order(data, cfg.order), base, out / "teacher", teacher_cfg, cfg.rcl)
-        print(f"teacher trained in {time.perf_counter() - t0:.0f} s")
+                                  logging_steps=20, use_cpu=True)
+        s = train_teacher(task_order(data, cfg.order), base, out / "teacher", teacher_cfg, cfg.rcl,
+                          limit=a.teacher_records)
+        shutil.rmtree(out / "rcl_paths", ignore_errors=True)  # paths of an earlier teacher would be reused
+        print(f"teacher: {s['global_step']} steps, loss {s['first_loss']:.3f} -> {s['last_loss']:.3f}, "
+              f"{time.perf_counter() - t0:.0f} s")
     summary = run_continual(cfg)
     print(summary["table"])
     print(f"RCL paths kept: {json.dumps({k: v['kept'] for k, v in _kept(out).items()})}")
@@ -59,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--config", default="train/configs/tiny_continual.yaml")
     d.add_argument("--tasks", default="stance,summary,code,numeric,simplify")
     d.add_argument("--strategies", default="seqft,replay,rcl")
-    d.add_argument("--train", type=int, default=200)
-    d.add_argument("--test", type=int, default=40)
-    d.add_argument("--teacher-epochs", type=float, default=6.0)
+    d.add_argument("--train", type=int, default=120)
+    d.add_argument("--test", type=int, default=30)
+    d.add_argument("--teacher-epochs", type=float, default=8.0)
+    d.add_argument("--teacher-records", type=int, default=80, help="training records per task for the teacher")
     d.add_argument("overrides", nargs="*")
     m = sub.add_parser("tiny-model", help="write a tiny random Llama with the repository tokenizer")
     m.add_argument("out_dir")
