@@ -192,3 +192,17 @@ def test_numbers_match_against_direct_float_comparison():
 ])
 def test_extract_choice(text, choice):
     assert extract_choice(text) == choice
+
+
+def test_cot_rewards_scale_and_never_raise():
+    from mova.rl.rewards import score
+
+    completions = ["2 + 3 = 5\n#### 5", "#### 6", "The answer is 5.", "I do not know", "", None, "#### 5.0000001",
+                   "#### ,"]
+    gold = ["x\n#### 5"] * 4 + ["5", 5, "5", "5"]
+    got = score("gsm8k_cot", ["q"] * len(completions), completions, answer=gold)
+    assert got == [1.0, 0.2, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    got = score("answer_is_cot", ["q"] * 3, ["The answer is 4. #### 5", "Answer: 5", "answer unknown"], answer=[5] * 3)
+    assert got == [0.2, 1.0, 0.0]
+    with pytest.raises(Exception, match="answer"):
+        score("gsm8k_cot", ["q"], ["#### 5"], gold=["5"])
