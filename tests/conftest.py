@@ -46,16 +46,6 @@ def images():
 
 def save_tiny_text_lm(folder, seed: int = 0):
     """A 2-layer, 64-wide random Llama with the repository's tiny tokenizer, saved to ``folder``."""
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from mova.rl.toy_task import tiny_text_lm
 
-    from mova.presets import TINY_TOKENIZER
-
-    tok = PreTrainedTokenizerFast.from_pretrained(str(TINY_TOKENIZER))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      initializer_range=0.1, tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    torch.manual_seed(seed)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return tok
+    return tiny_text_lm(folder, seed=seed)

@@ -41,8 +41,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, global_stats: bool = False)
     """Mean of ``x`` over the tokens where ``mask`` is 1 (over all ranks' tokens with ``global_stats``)."""
     mask = mask.to(x.dtype)
     total, count = masked_sum(x, mask), mask.sum()
-    if global_stats:
-        total, count = all_sum(total), all_sum(count)
+    if global_stats and _distributed():
+        # The value is the mean over every rank's tokens; the gradient flows through this rank's tokens
+        # only (``local_sum / global_count``): with gradients averaged over ranks and the loss scaled by
+        # the world size, the update equals a 1-process step on the global batch.
+        count = all_sum(count).clamp(min=1)
+        return (all_sum(total) + (total - total.detach())) / count
     return total / count.clamp(min=1)
 
 

@@ -1,0 +1,197 @@
+"""Rollouts: prompts in, sampled responses and the per-token tensors PPO needs out.
+
+Layout of a rollout batch: prompts left-padded to width ``P`` and responses right-padded to width ``R``,
+side by side in one ``[B, P + R]`` sequence. Padding takes no position (position ids come from the mask
+and, for Mova, the experts' layouts), so every row is scored exactly as if it were alone. The logits at
+columns ``P-1 .. P+R-2`` predict the response tokens; the state value of response token ``t`` is read at
+column ``P-1+t`` (the state before the token was chosen).
+
+For a Mova policy each prompt's image goes through the frozen experts once: their features are kept in
+the batch (``images["<expert>.features"]``) and reused by generation and by the policy, reference,
+critic and reward passes, which then run only their own fusion network and LLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mova.inference.generation import _encode, build_prompts, is_mova_processor, tokenizer_of
+from mova.rl.ppo_math import token_logprobs
+from mova.rl.prompts import PromptRecord
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / DeepSpeed wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def mova_base(model: torch.nn.Module) -> Any | None:
+    """The :class:`MovaForCausalLM` inside ``model`` (through wrappers and a policy-with-value-head), or
+    None for a plain LM."""
+    model = unwrap(model)
+    if not hasattr(model, "encode_images") and isinstance(getattr(model, "policy", None), torch.nn.Module):
+        model = unwrap(model.policy)
+    return model if hasattr(model, "encode_images") and hasattr(model, "compute_position_ids") else None
+
+
+@dataclass
+class RolloutBatch:
+    prompt_ids: torch.Tensor  # [B, P] left padded
+    prompt_mask: torch.Tensor  # [B, P]
+    response_ids: torch.Tensor  # [B, R] right padded
+    response_mask: torch.Tensor  # [B, R] float: 1 on generated tokens up to and including EOS
+    images: dict[str, torch.Tensor] | None
+    prompts: list[str]
+    completions: list[str]
+    records: list[PromptRecord]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask.to(self.prompt_mask.dtype)], dim=1)
+
+    @property
+    def columns(self) -> dict[str, list[Any]]:
+        keys = sorted({k for r in self.records for k in r.columns})
+        return {k: [r.columns.get(k) for r in self.records] for k in keys}
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def select(self, idx: Sequence[int] | torch.Tensor) -> RolloutBatch:
+        """Rows ``idx`` (a minibatch); images are selected per row (one image per prompt or none)."""
+        idx_t = torch.as_tensor(list(idx) if not isinstance(idx, torch.Tensor) else idx, dtype=torch.long)
+        images = None
+        if self.images is not None:
+            rows = torch.tensor([i for i, r in enumerate(self.records) if r.image is not None], dtype=torch.long)
+            pos = {int(r): k for k, r in enumerate(rows)}
+            keep = torch.tensor([pos[int(i)] for i in idx_t if int(i) in pos], dtype=torch.long)
+            images = {k: v[keep] for k, v in self.images.items()} if len(keep) else None
+        return RolloutBatch(self.prompt_ids[idx_t], self.prompt_mask[idx_t], self.response_ids[idx_t],
+                            self.response_mask[idx_t], images, [self.prompts[int(i)] for i in idx_t],
+                            [self.completions[int(i)] for i in idx_t], [self.records[int(i)] for i in idx_t],
+                            {k: v[idx_t] for k, v in self.extra.items()})
+
+
+def shared_expert_features(model: torch.nn.Module,
+                           images: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """Run each frozen pixel expert once and return an ``images`` dict holding their features instead of
+    pixels (OCR inputs and trainable experts pass through unchanged)."""
+    base = mova_base(model)
+    if base is None or not images:
+        return images
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for key, value in images.items():
+            expert = base.experts[key] if key in base.experts else None
+            if expert is not None and expert.input_kind == "pixels" and expert.cfg.frozen:
+                param = next(expert.parameters(), None)
+                out[f"{key}.features"] = expert(value.to(base.device, dtype=param.dtype if param is not None else None))
+            else:
+                out[key] = value
+    return out
+
+
+def encode_prompts(processor: Any, records: Sequence[PromptRecord], template: str | None,
+                   device: torch.device) -> tuple[list[str], dict[str, Any]]:
+    """Rendered prompt strings and the left-padded model inputs for ``records``."""
+    conversations = [r.messages for r in records]
+    images = [r.image for r in records]
+    prompts = build_prompts(processor, conversations, images, template)
+    batch = _encode(processor, prompts, images)
+    out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if out.get("images"):
+        out["images"] = {k: v.to(device) for k, v in out["images"].items()}
+    return prompts, out
+
+
+def response_mask_from(tokens: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """1 on every token up to and including the first EOS of each row (all of a row without one)."""
+    if eos_id is None:
+        return torch.ones_like(tokens, dtype=torch.float)
+    is_eos = tokens == eos_id
+    after_eos = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) > 0
+    return (~after_eos).float()
+
+
+@torch.no_grad()
+def generate_rollouts(policy: torch.nn.Module, processor: Any, records: Sequence[PromptRecord], *,
+                      template: str | None, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                      top_k: int = 0, device: torch.device) -> RolloutBatch:
+    """Sample one response per prompt with the policy's KV cache (``generate``); greedy at temperature 0."""
+    model = unwrap(policy)
+    prompts, enc = encode_prompts(processor, records, template, device)
+    images = shared_expert_features(model, enc.get("images"))
+    tokenizer = tokenizer_of(processor)
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
+    gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": eos_id,
+                           "do_sample": temperature > 0}
+    if temperature > 0:
+        gen.update(temperature=temperature, top_p=top_p, top_k=top_k)
+    if is_mova_processor(processor):
+        gen["suppress_tokens"] = [processor.image_token_id]
+    was_training = model.training
+    model.eval()
+    try:
+        kwargs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if images:
+            kwargs["images"] = images
+        sequences = model.generate(**kwargs, **gen)
+    finally:
+        model.train(was_training)
+    P = enc["input_ids"].shape[1]
+    response = sequences[:, P:]
+    if response.shape[1] == 0:
+        response = torch.full((len(records), 1), pad_id, dtype=torch.long, device=device)
+    mask = response_mask_from(response, eos_id)
+    response = torch.where(mask.bool(), response, torch.full_like(response, pad_id))
+    completions = []
+    for row, m in zip(response.tolist(), mask.tolist()):
+        n = int(sum(m))
+        completions.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
+    return RolloutBatch(enc["input_ids"], enc["attention_mask"], response, mask, images, prompts, completions,
+                        list(records))
+
+
+def position_ids_for(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     images: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """Position ids that skip padding: Mova's layout-aware ids, or ``cumsum(mask) - 1`` for a plain LM."""
+    base = mova_base(model)
+    if base is not None:
+        return base.compute_position_ids(input_ids, attention_mask, images)
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)
+
+
+def forward_response(model: torch.nn.Module, batch: RolloutBatch, *, hidden: bool = False) -> Any:
+    """One forward over prompt + response; returns ``(logits [B, R, V] predicting the response tokens,
+    last hidden states [B, R, H] at the states before each response token (or None))``."""
+    input_ids, attention_mask = batch.input_ids, batch.attention_mask
+    P, R = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask,
+                              "position_ids": position_ids_for(model, input_ids, attention_mask, batch.images),
+                              "logits_to_keep": R + 1, "use_cache": False}
+    if batch.images:
+        kwargs["images"] = batch.images
+    if hidden:
+        kwargs["output_hidden_states"] = True
+    out = model(**kwargs)
+    logits = out.logits[:, :-1]
+    states = out.hidden_states[-1][:, P - 1:P + R - 1] if hidden else None
+    return logits, states
+
+
+def response_logprobs(model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+    logits, _ = forward_response(model, batch)
+    return token_logprobs(logits, batch.response_ids)
