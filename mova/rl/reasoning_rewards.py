@@ -26,6 +26,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from mova.config import register_section
 from mova.errors import ConfigError
 from mova.metrics.answers import extract_answer, normalize_number, numbers_match
 from mova.rl.rewards import register_reward
@@ -111,6 +112,10 @@ def extract_program(text: str, entry: str = "solution") -> str | None:
 
 #: the sandbox limits ``program_cot`` uses; replace with :func:`set_program_sandbox` (e.g. from a config).
 PROGRAM_SANDBOX = SandboxConfig(timeout_s=5.0, cpu_seconds=5)
+
+
+#: a stage YAML may carry the limits as a ``sandbox:`` section (``RunConfig.section("sandbox")``).
+register_section("sandbox", SandboxConfig)
 
 
 def set_program_sandbox(config: SandboxConfig) -> None:
