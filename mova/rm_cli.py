@@ -29,6 +29,9 @@ def _strength_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=int, default=3, help="how many reward models (seeds train.seed + m); default 3")
     p.add_argument("--out-dir", required=True, help="where the models, strength.jsonl and the annotated data go")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--holdout", type=float, default=0.0,
+                   help="share of the pairs each model leaves out (scored only by models that did not train on "
+                        "them); 0: every model trains on everything, as in the paper")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=200")
 
 
@@ -37,7 +40,7 @@ def _strength_run(args: argparse.Namespace) -> int:
     from mova.rl.strength import compute_strength
 
     cfg = load_run_config(args.config, list(args.overrides), stage="rm")
-    result = compute_strength(cfg, args.models, args.out_dir, args.batch_size)
+    result = compute_strength(cfg, args.models, args.out_dir, args.batch_size, args.holdout)
     print(json.dumps({k: v for k, v in result.items() if k != "models"}, indent=2))
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,35 @@ COLUMNS = ("strength_mean", "strength_std")
 
 
 def strength_columns(diffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and (population) std over models of ``diffs`` ``[M, N]``: each ``[N]``."""
+    """Mean and (population) std over models of ``diffs`` ``[M, N]``: each ``[N]``.
+
+    NaN entries (a model that did not score the pair: it trained on it, with ``holdout``) are left out;
+    a pair no model scored gets NaN.
+    """
     if diffs.ndim != 2 or diffs.shape[0] < 1:
         raise ValueError(f"diffs must be [num_models, num_pairs], got {tuple(diffs.shape)}")
     d = diffs.double()
-    return d.mean(0), d.std(0, correction=0)
+    ok = torch.isfinite(d)
+    count = ok.sum(0).double()
+    mean = torch.where(ok, d, 0.0).sum(0) / count
+    var = torch.where(ok, (d - mean) ** 2, 0.0).sum(0) / count
+    return mean, var.sqrt()
+
+
+def holdout_folds(num_pairs: int, num_models: int, holdout: float, seed: int) -> list[list[int]]:
+    """Training positions per model: pairs go to ``num_models`` folds at random, and model ``m`` leaves out
+    ``h = round(holdout * num_models)`` consecutive folds (``m .. m + h - 1``), so every pair is scored by
+    exactly ``h`` models that never trained on it."""
+    h = int(round(holdout * num_models))
+    if not 1 <= h < num_models:
+        raise ConfigError(f"holdout {holdout} with {num_models} models leaves out {h} folds; need 1..{num_models - 1}")
+    g = torch.Generator().manual_seed(seed)
+    fold = torch.randperm(num_pairs, generator=g) % num_models
+    out = []
+    for m in range(num_models):
+        left_out = {(m + j) % num_models for j in range(h)}
+        out.append([i for i in range(num_pairs) if int(fold[i]) not in left_out])
+    return out
 
 
 def write_strength(path: str | Path, ids: list[str], diffs: torch.Tensor) -> Path:
@@ -46,10 +71,10 @@ def write_strength(path: str | Path, ids: list[str], diffs: torch.Tensor) -> Pat
     with path.open("w") as f:
         for i, pair_id in enumerate(ids):
             col = diffs[:, i].double()
-            ok = bool(torch.isfinite(col).all())
+            ok = bool(torch.isfinite(mean[i]))
             row = {"position": i, "id": pair_id, "strength_mean": float(mean[i]) if ok else None,
                    "strength_std": float(std[i]) if ok else None,
-                   "strength_diffs": [float(v) for v in col] if ok else None}
+                   "strength_diffs": [float(v) if math.isfinite(v) else None for v in col.tolist()]}
             f.write(json.dumps(row) + "\n")
     return path
 
@@ -86,7 +111,7 @@ def annotate_text_source(source: str | Path, out: str | Path, pairs: Any, diffs:
     for index, _, row in _read_text_rows(Path(source)):
         if isinstance(row, dict) and index in by_index:
             k = by_index[index]
-            if bool(torch.isfinite(diffs[:, k]).all()):
+            if bool(torch.isfinite(mean[k])):
                 row = {**row, "strength_mean": float(mean[k]), "strength_std": float(std[k])}
         if isinstance(row, dict):
             rows.append(row)
@@ -99,11 +124,16 @@ def annotate_text_source(source: str | Path, out: str | Path, pairs: Any, diffs:
     return out
 
 
-def compute_strength(cfg: RunConfig, num_models: int, out_dir: str | Path, batch_size: int = 16) -> dict[str, Any]:
+def compute_strength(cfg: RunConfig, num_models: int, out_dir: str | Path, batch_size: int = 16,
+                     holdout: float = 0.0) -> dict[str, Any]:
     """Train ``num_models`` reward models (seeds ``train.seed + m``), score every pair, write the columns.
 
     The models are plain reward models: the strength options of ``cfg.rm`` (flip, margin, soft labels,
-    strength path) are switched off for them. Returns a summary with the output paths.
+    strength path) are switched off for them. With ``holdout`` = 0 (the paper's setting) every model
+    trains on every pair and scores every pair. A model that memorises its training pairs then agrees with
+    every label, wrong ones included; ``holdout`` > 0 makes each model leave out that share of the pairs
+    (:func:`holdout_folds`) and a pair's strength comes only from models that never trained on it.
+    Returns a summary with the output paths.
     """
     from mova.rl.reward_model import load_reward_model
     from mova.trainers.rm import (
@@ -121,6 +151,7 @@ def compute_strength(cfg: RunConfig, num_models: int, out_dir: str | Path, batch
     pairs = load_pair_source(cfg.data.data_path, spavl_config=opts.spavl_config, split=opts.split,
                              class1=opts.class1, limit=opts.limit, skip_invalid=cfg.data.skip_bad_records)
     diffs = torch.full((num_models, len(pairs)), float("nan"), dtype=torch.float64)
+    folds = holdout_folds(len(pairs), num_models, holdout, cfg.train.seed) if holdout > 0 else None
     summaries = []
     for m in range(num_models):
         sub = copy.deepcopy(cfg)
@@ -129,7 +160,7 @@ def compute_strength(cfg: RunConfig, num_models: int, out_dir: str | Path, batch
         sub_opts.eval_data_path = None
         sub.train.seed = cfg.train.seed + m
         sub.train.output_dir = str(out_dir / f"model-{m}")
-        summary = run_rm(sub)
+        summary = run_rm(sub, folds[m] if folds is not None else None)
         summaries.append({"seed": sub.train.seed, "final_model": summary["final_model"],
                           "last_loss": summary.get("last_loss")})
         rm, processor = load_reward_model(summary["final_model"])
@@ -140,11 +171,18 @@ def compute_strength(cfg: RunConfig, num_models: int, out_dir: str | Path, batch
         collator = pair_collator(opts.pair_encoding, tokenizer.pad_token_id, opts.max_tokens_per_row)
         device = "cuda" if torch.cuda.is_available() and not cfg.train.use_cpu else "cpu"
         r_c, r_r = score_pair_dataset(rm, dataset, collator, batch_size, device)
-        diffs[m, torch.tensor(dataset.keep)] = r_c - r_r
+        scored = torch.tensor(dataset.keep)
+        d = r_c - r_r
+        if folds is not None:  # keep only the pairs this model never trained on
+            trained = torch.zeros(len(pairs), dtype=torch.bool)
+            trained[torch.tensor(folds[m], dtype=torch.long)] = True
+            d = torch.where(trained[scored], float("nan"), d)
+        diffs[m, scored] = d
         del rm
     ids = list(pairs.ids)
     path = write_strength(out_dir / "strength.jsonl", ids, diffs)
-    result: dict[str, Any] = {"strength_path": str(path), "models": summaries, "pairs": len(ids)}
+    result: dict[str, Any] = {"strength_path": str(path), "models": summaries, "pairs": len(ids),
+                              "holdout": holdout}
     source = cfg.data.data_path
     if source.endswith((".jsonl", ".json")):
         annotated = out_dir / f"pairs_with_strength{Path(source).suffix}"

@@ -117,16 +117,18 @@ def check_rm_config(rm: RmConfig, has_strength: bool) -> None:
 
 
 # --- data ----------------------------------------------------------------------------------------------
-class FlippedPairs:
-    """A preference dataset with chosen and rejected swapped at the given positions (label flipping)."""
+class PairView:
+    """Some positions of a preference dataset (``keep``, default all), with chosen and rejected swapped at
+    the ``flipped`` positions (label flipping). Positions are those of the underlying dataset."""
 
-    def __init__(self, pairs: Any, flipped: set[int]):
+    def __init__(self, pairs: Any, flipped: set[int] | None = None, keep: list[int] | None = None):
         self.pairs = pairs
-        self.flipped = set(flipped)
+        self.flipped = set(flipped or ())
+        self.positions = list(range(len(pairs))) if keep is None else list(keep)
         self.skipped = list(getattr(pairs, "skipped", []))
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.positions)
 
     def _swap(self, pair: Any, i: int) -> Any:
         if i in self.flipped:
@@ -134,21 +136,24 @@ class FlippedPairs:
             pair.meta = {**pair.meta, "label_flipped": True}
         return pair
 
-    def __getitem__(self, i: int) -> Any:
+    def __getitem__(self, k: int) -> Any:
+        i = self.positions[k]
         return self._swap(self.pairs[i], i)
 
-    def without_image(self, i: int) -> Any:
+    def without_image(self, k: int) -> Any:
+        i = self.positions[k]
         pair = self.pairs.without_image(i) if hasattr(self.pairs, "without_image") else self.pairs[i]
         return self._swap(pair, i)
 
     @property
     def has_image(self) -> list[bool]:
-        return list(self.pairs.has_image) if hasattr(self.pairs, "has_image") else \
+        flags = list(self.pairs.has_image) if hasattr(self.pairs, "has_image") else \
             [p.image is not None for p in self.pairs]
+        return [flags[i] for i in self.positions]
 
     def summary(self) -> dict[str, Any]:
         base = self.pairs.summary() if hasattr(self.pairs, "summary") else {}
-        return {**base, "flipped": len(self.flipped)}
+        return {**base, "flipped": len(self.flipped), "used": len(self.positions)}
 
 
 def load_pair_source(source: str, *, spavl_config: str = "default", split: str | None = None,
@@ -339,8 +344,11 @@ def default_template(cfg: RunConfig, backbone: torch.nn.Module, processor: Any, 
 
 
 # --- entry point ---------------------------------------------------------------------------------------
-def run_rm(cfg: RunConfig) -> dict[str, Any]:
-    """Train a reward model end to end; returns the run summary (also written to ``output_dir``)."""
+def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str, Any]:
+    """Train a reward model end to end; returns the run summary (also written to ``output_dir``).
+
+    ``train_positions`` trains on those pairs of the source only (the strength ensemble's held-out folds).
+    """
     from mova.trainers.stages import training_arguments
 
     opts: RmConfig = cfg.section("rm")
@@ -357,7 +365,10 @@ def run_rm(cfg: RunConfig) -> dict[str, Any]:
         flipped = weakest_pairs(strength_all, opts.flip_fraction).tolist()
         strength_all = strength_all.clone()
         strength_all[flipped] = -strength_all[flipped]  # r_c - r_r under the swapped labels
-        pairs = FlippedPairs(pairs, set(flipped))
+    if flipped or train_positions is not None:
+        pairs = PairView(pairs, set(flipped), train_positions)
+        if strength_all is not None:
+            strength_all = strength_all[torch.tensor(pairs.positions, dtype=torch.long)]
     backbone, processor, is_mova = load_backbone(cfg)
     backbone, trainable = configure_backbone(backbone, cfg, is_mova)
     model = RewardModel.from_backbone(backbone)

@@ -1,0 +1,169 @@
+"""Noisy preferences: held-out accuracy of plain BT vs each noisy-preference option, by share of flipped labels.
+
+For each seed and noise level: write separable synthetic text preferences (:mod:`mova.data.synthetic_prefs`)
+with that share of training labels flipped (the test pairs are clean), score the training pairs' preference
+strength with an ensemble of reward models (:func:`mova.rl.strength.compute_strength`), then train one reward
+model per method on the tiny 2-layer Llama and score the clean test pairs. Prints a markdown table (mean and
+spread over seeds) and writes ``results.json``.
+
+    OMP_NUM_THREADS=1 python benchmarks/rm_noisy.py --out-dir runs/bench-rm-noisy
+
+Label flipping swaps the pairs the ensemble puts below zero (``flip_fraction`` = the share of negative
+strength means), so it needs no knowledge of the true noise rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: method name -> rm.* overrides (strength-based ones get rm.strength_path added).
+METHODS: dict[str, list[str]] = {
+    "bt": [],
+    "label_smoothing": ["rm.loss=label_smoothing", "rm.label_smoothing=0.2"],
+    "margin": ["rm.margin_scale=1.0"],
+    "flip": ["rm.flip_fraction=AUTO"],
+    "flip+margin": ["rm.flip_fraction=AUTO", "rm.margin_scale=1.0"],
+    "soft_label+margin": ["rm.loss=soft_negative", "rm.label_smoothing=0.4", "rm.margin_scale=1.0"],
+    "simcse": ["rm.contrastive=simcse", "rm.contrastive_weight=0.1"],
+    "swav": ["rm.contrastive=swav", "rm.contrastive_weight=0.1"],
+}
+NEEDS_STRENGTH = {"margin", "flip", "flip+margin", "soft_label+margin"}
+
+
+def _cfg(lm: Path, train: Path, out: Path, steps: int, batch: int, lr: float, seed: int, extra: list[str]) -> Any:
+    from mova.config import load_run_config
+
+    return load_run_config(None, [f"init_from={lm}", f"data.data_path={train}", f"train.output_dir={out}",
+                                  f"train.max_steps={steps}", f"train.per_device_train_batch_size={batch}",
+                                  f"train.learning_rate={lr}", f"train.seed={seed}", "train.save_steps=0",
+                                  "train.logging_steps=1000", "train.report_to=[]", "train.warmup_ratio=0.0",
+                                  "train.use_cpu=true", *extra], stage="rm")
+
+
+def run_combo(args: argparse.Namespace, lm: Path, seed: int, noise: float, methods: list[str]) -> dict[str, Any]:
+    """Data, strength ensemble and one reward model per method for one (seed, noise); written to result.json."""
+    from mova.data.synthetic_prefs import write_synthetic_prefs
+    from mova.rl.strength import compute_strength
+    from mova.trainers.rm import run_rm
+
+    out = Path(args.out_dir)
+    tag = f"noise{noise}-seed{seed}"
+    t0 = time.perf_counter()
+    train, test = write_synthetic_prefs(out / tag / "data", args.train, args.test, noise, seed)
+    strength_path = None
+    neg_share = 0.0
+    info: dict[str, Any] = {}
+    if NEEDS_STRENGTH & set(methods):
+        cfg = _cfg(lm, train, out / tag / "strength", args.strength_steps, args.batch, args.lr, seed, [])
+        res = compute_strength(cfg, args.models, out / tag / "strength", holdout=args.holdout)
+        strength_path, neg_share = res["strength_path"], res["negative_share"]
+        rows = [json.loads(line) for line in Path(strength_path).read_text().splitlines()]
+        noisy = [json.loads(line)["label_noise"] for line in train.read_text().splitlines()]
+        neg = [r["strength_mean"] < 0 for r in rows]
+        info = {"negative_share": neg_share, "noisy_pairs": sum(noisy),
+                "noisy_with_negative_strength": sum(a and b for a, b in zip(neg, noisy))}
+    accuracy: dict[str, float] = {}
+    for method in methods:
+        overrides = [o.replace("AUTO", f"{neg_share:.6f}") for o in METHODS[method]]
+        if method in NEEDS_STRENGTH:
+            overrides.append(f"rm.strength_path={strength_path}")
+        cfg = _cfg(lm, train, out / tag / method, args.steps, args.batch, args.lr, seed,
+                   [*overrides, f"rm.eval_data_path={test}"])
+        accuracy[method] = run_rm(cfg)["eval"]["accuracy"]
+        print(f"[{time.perf_counter() - t0:7.1f}s] {tag} {method:18s} held-out accuracy {accuracy[method]:.3f}",
+              flush=True)
+    result = {"seed": seed, "noise": noise, "accuracy": accuracy, "strength": info}
+    (out / tag / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out-dir", default="runs/bench-rm-noisy")
+    p.add_argument("--noise", default="0,0.2,0.4", help="comma-separated shares of flipped training labels")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--train", type=int, default=256)
+    p.add_argument("--test", type=int, default=128)
+    p.add_argument("--steps", type=int, default=160, help="steps per reward model")
+    p.add_argument("--strength-steps", type=int, default=40, help="steps per ensemble model")
+    p.add_argument("--models", type=int, default=3, help="ensemble size for the strength columns")
+    p.add_argument("--holdout", type=float, default=0.0)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--jobs", type=int, default=1, help="(seed, noise) combinations run in parallel processes")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    logging.disable(logging.WARNING)
+
+    import torch
+
+    from tests.conftest import save_tiny_text_lm
+
+    torch.set_num_threads(1)
+    out = Path(args.out_dir)
+    lm = out / "lm"
+    if not (lm / "config.json").is_file():
+        save_tiny_text_lm(lm, seed=0)
+    noises = [float(x) for x in args.noise.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    combos = [(s, n) for s in seeds for n in noises]
+    if args.child:
+        run_combo(args, lm, seeds[0], noises[0], methods)
+        return 0
+    if args.jobs <= 1 or len(combos) == 1:
+        done = [run_combo(args, lm, s, n, methods) for s, n in combos]
+    else:  # one process per (seed, noise), at most --jobs at a time
+        import subprocess
+
+        procs: list[subprocess.Popen] = []
+        pending = list(combos)
+        while pending or procs:
+            while pending and len(procs) < args.jobs:
+                s, n = pending.pop(0)
+                cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
+                       "--seeds", str(s), "--noise", str(n), "--jobs", "1", "--child"]
+                procs.append(subprocess.Popen(cmd))
+            time.sleep(1)
+            for p in [p for p in procs if p.poll() is not None]:
+                if p.returncode:
+                    raise SystemExit(f"benchmark job {p.args[-5:]} failed with exit code {p.returncode}")
+                procs.remove(p)
+        done = [json.loads((out / f"noise{n}-seed{s}" / "result.json").read_text()) for s, n in combos]
+    results: dict[str, dict[str, list[float]]] = {m: {str(n): [] for n in noises} for m in methods}
+    extra_info = {f"noise{r['noise']}-seed{r['seed']}": r["strength"] for r in done}
+    for r in done:
+        for m in methods:
+            results[m][str(r["noise"])].append(r["accuracy"][m])
+    lines = ["| method | " + " | ".join(f"{int(n * 100)}% flipped" for n in noises) + " |",
+             "|---|" + "---|" * len(noises)]
+    for method in methods:
+        cells = []
+        for n in noises:
+            v = results[method][str(n)]
+            spread = f" ± {statistics.pstdev(v):.3f}" if len(v) > 1 else ""
+            cells.append(f"{statistics.mean(v):.3f}{spread}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(f"\nHeld-out accuracy on clean pairs (mean ± std over seeds {seeds}; {args.train} training pairs, "
+          f"{args.steps} steps, ensemble of {args.models} x {args.strength_steps} steps, holdout {args.holdout})\n")
+    print(table)
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "accuracy": results,
+                                                  "strength": extra_info, "table": table}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
