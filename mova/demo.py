@@ -63,6 +63,8 @@ class DemoConfig:
     #: probability away from the rejected answers; RPO's term teaches it to say the chosen ones.
     dpo_rpo_alpha: float = 1.0
     safety_max_new_tokens: int = 24
+    #: export the final model as a Hugging Face release folder and evaluate the exported copy.
+    export: bool = True
 
 
 def _stage(demo: DemoConfig, stage: str, data: Path, out: Path, init_from: str, cache: Path) -> dict[str, Any]:
@@ -152,6 +154,32 @@ def dpo_and_safety(demo: DemoConfig, sft_model: str, root: Path) -> dict[str, An
     return {"after sft": before, "after dpo": after}
 
 
+def export_and_evaluate(model_dir: str, out: Path, eval_dirs: list[Path]) -> dict[str, Any]:
+    """Export ``model_dir`` (:mod:`mova.export`) and evaluate the exported copy, built by transformers'
+    remote-code loader from the folder's own code (not Mova's classes), on the held-out images next to the
+    original: the answers must be the same. ``mova export --verify`` checks the same folder in a process
+    where Mova cannot be imported at all."""
+    from mova.export.export import ExportOptions, export_model
+    from mova.export.verify import load_remote
+
+    t0 = time.perf_counter()
+    release = out / "release"
+    export_model(ExportOptions(checkpoint=model_dir, out_dir=str(release), overwrite=True, model_name="mova-demo-tiny",
+                               eval_dirs=[str(d) for d in eval_dirs if (d / "results.md").is_file()]))
+    data = out / "images" / "data"
+    records = json.loads((data / "test.json").read_text())
+    original = evaluate_vqa(*load_pretrained(model_dir), records, data, batch_size=32, progress=False)
+    model, processor = load_remote(release)
+    exported = evaluate_vqa(model, processor, records, data, batch_size=32, progress=False)
+    answers = [[p["prediction"] for p in r.pop("predictions")] for r in (original, exported)]
+    same = answers[0] == answers[1]
+    print(f"\n[export] {model_dir} -> {release} ({time.perf_counter() - t0:.0f}s); the copy loaded as "
+          f"{type(model).__module__.split('.')[0]}.{type(model).__name__} (the folder's code); held-out accuracy "
+          f"original {original['overall']:.1%}, exported {exported['overall']:.1%}; "
+          f"answers {'identical' if same else 'DIFFER'}", flush=True)
+    return {"folder": str(release), "original": original, "exported": exported, "identical_answers": same}
+
+
 def _blanked_worker(demo: DemoConfig, log_path: str) -> None:
     """The blanked control in its own process, its output in a log file (the main run prints to the console)."""
     import contextlib
@@ -204,5 +232,10 @@ def run_demo(config: str = "tiny", **overrides: Any) -> dict[str, Any]:
         safety_table = format_safety_table(safety)
         (out / "safety.md").write_text(safety_table + "\n")
         print("\nsafety on the mini SPA-VL held-out questions (keyword refusal judge):\n" + safety_table)
+    exported = None
+    if demo.export:
+        final = out / "images" / ("dpo" if safety is not None else "sft") / "final"
+        exported = export_and_evaluate(str(final), out, [out, out / "images" / "safety-dpo"])
+        (out / "export.json").write_text(json.dumps(exported, indent=2) + "\n")
     print(f"\ntotal {time.perf_counter() - t0:.0f}s; results, loss curves and TensorBoard logs are in {out}/")
-    return {**results, **({"safety": safety} if safety else {})}
+    return {**results, **({"safety": safety} if safety else {}), **({"export": exported} if exported else {})}

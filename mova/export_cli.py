@@ -54,7 +54,8 @@ def _verify(folder: Path) -> bool:
         report = verify_export(folder, model, processor, cases)
     for name, diff in report.max_abs_diff.items():
         print(f"verify {name}: max |logit difference| {diff:.3g}, token ids "
-              f"{'equal' if report.ids_equal[name] else 'DIFFER'}")
+              f"{'equal' if report.ids_equal[name] else 'DIFFER'}, greedy tokens "
+              f"{'equal' if report.generated_equal[name] else 'DIFFER'}")
     print(f"verify: loaded as {report.model_class} without Mova")
     return report.ok()
 

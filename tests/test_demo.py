@@ -11,7 +11,7 @@ def test_demo_runs_every_stage_and_writes_its_tables(tmp_path):
     out = tmp_path / "demo"
     results = run_demo("tiny", out_dir=str(out), n_train_images=8, n_test_images=4, align_steps=2, sft_steps=2,
                        batch_size=4, dpo_steps=2)
-    assert set(results) == {"images", "blanked", "safety"}
+    assert set(results) == {"images", "blanked", "safety", "export"}
     saved = json.loads((out / "results.json").read_text())
     for variant in ("images", "blanked"):
         r = saved[variant]
@@ -22,3 +22,10 @@ def test_demo_runs_every_stage_and_writes_its_tables(tmp_path):
     assert "after sft" in table and "after dpo" in table and "harm: refusal rate" in table
     answers = (out / "images" / "safety-dpo" / "answers.jsonl").read_text().splitlines()
     assert len(answers) == results["safety"]["after dpo"]["harm"]["n"] + results["safety"]["after dpo"]["help"]["n"]
+    # the final (DPO) model, exported and loaded through transformers' remote code, answers as the original
+    exported = results["export"]
+    assert exported["identical_answers"]
+    assert exported["exported"]["overall"] == exported["original"]["overall"]
+    config = json.loads((out / "release" / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_mova.MovaForCausalLM"
+    assert "after dpo" in (out / "release" / "README.md").read_text()  # the safety table made it into the card

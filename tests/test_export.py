@@ -81,6 +81,7 @@ def test_standalone_load_in_a_fresh_process_without_mova_gives_mova_logits(expor
     assert report.model_class.startswith("transformers_modules.")  # the folder's code, not Mova's
     assert report.processor_class.startswith("transformers_modules.")
     assert report.ids_equal == {"text": True, "image": True}
+    assert report.generated_equal == {"text": True, "image": True}  # generate() through the folder's code
     assert report.max_abs_diff["text"] <= 1e-5 and report.max_abs_diff["image"] <= 1e-5, report.max_abs_diff
 
 

@@ -71,8 +71,8 @@ def fusion_text(config: Any, params: dict[str, int]) -> str:
     ocr_none = tuple(0 for _ in layout.ocr_blocks)
     ocr_max = tuple(b.max_tokens for b in layout.ocr_blocks)
     span = (lambda a, b: str(a) if a == b else f"{a}-{b}")  # noqa: E731
-    options = ", ".join(f"{k}={v}" for k, v in sorted(config.fusion.items()) if k != "type") or "defaults"
-    return (f"- Fusion network: `{opts.type}` ({options}); {human(params.get('fusion', 0))} parameters.\n"
+    options = ", ".join(f"{k}={v}" for k, v in sorted(config.fusion.items()) if k != "type" and v is not None)
+    return (f"- Fusion network: `{opts.type}` ({options or 'defaults'}); {human(params.get('fusion', 0))} parameters.\n"
             f"- Visual tokens per image: {span(layout.num_tokens(ocr_none), layout.num_tokens(ocr_max))}, taking "
             f"{span(layout.num_positions(ocr_none), layout.num_positions(ocr_max))} position ids of the LLM's "
             f"context of {config.max_positions}.\n"

@@ -1,6 +1,7 @@
 """Check an exported folder the way a user without Mova meets it: in a fresh Python process where
 ``import mova`` fails, load it with ``AutoModelForCausalLM`` / ``AutoProcessor(trust_remote_code=True)``,
-process the same prompts and images, and compare token ids and logits with Mova's own model.
+process the same prompts and images, and compare token ids, logits and a few greedy tokens with Mova's
+own model.
 
 The process runs from a temporary directory with ``PYTHONPATH`` removed and a meta-path finder that
 refuses every ``mova`` module, so an installed (even editable) Mova cannot leak in; transformers copies the
@@ -45,7 +46,9 @@ for name, case in json.loads(open(cases_path).read()).items():
     inputs = processor(case["prompt"], images=case["images"] or None)
     with torch.no_grad():
         logits = model(**inputs).logits
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     out[name + ".logits"] = logits.float().contiguous()
+    out[name + ".generated"] = generated.contiguous()
     out[name + ".input_ids"] = inputs["input_ids"].contiguous()
 save_file(out, out_path)
 open(out_path + ".json", "w").write(json.dumps({"model_class": type(model).__module__ + "." + type(model).__name__,
@@ -63,11 +66,14 @@ class VerifyReport:
     #: case -> max |logit difference| between the standalone load and Mova's model.
     max_abs_diff: dict[str, float]
     ids_equal: dict[str, bool]
+    #: case -> whether 4 greedy tokens from ``generate()`` are the same.
+    generated_equal: dict[str, bool]
     model_class: str
     processor_class: str
 
     def ok(self, atol: float = 1e-5) -> bool:
-        return all(self.ids_equal.values()) and all(d <= atol for d in self.max_abs_diff.values())
+        return (all(self.ids_equal.values()) and all(self.generated_equal.values())
+                and all(d <= atol for d in self.max_abs_diff.values()))
 
 
 def run_standalone(folder: str | Path, cases: dict[str, dict[str, Any]], timeout: float = 300) -> tuple[
@@ -98,12 +104,33 @@ def verify_export(folder: str | Path, model: Any, processor: Any, cases: dict[st
     outputs, info = run_standalone(folder, cases, timeout)
     if info["mova_modules"]:
         raise VerifyError(f"the standalone process imported {info['mova_modules']}")
-    diffs, ids_equal = {}, {}
+    diffs, ids_equal, generated_equal = {}, {}, {}
     for name, case in cases.items():
         inputs = processor(case["prompt"], images=[str(p) for p in case.get("images", [])] or None)
         with torch.no_grad():
             logits = model(**inputs).logits.float()
+            generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         theirs = outputs[f"{name}.logits"]
         ids_equal[name] = torch.equal(inputs["input_ids"], outputs[f"{name}.input_ids"])
+        generated_equal[name] = torch.equal(generated, outputs[f"{name}.generated"])
         diffs[name] = float((logits - theirs).abs().max()) if logits.shape == theirs.shape else float("inf")
-    return VerifyReport(diffs, ids_equal, info["model_class"], info["processor_class"])
+    return VerifyReport(diffs, ids_equal, generated_equal, info["model_class"], info["processor_class"])
+
+
+def load_remote(folder: str | Path) -> tuple[Any, Any]:
+    """``(model, processor)`` built from the folder's own code (its ``auto_map``), in this process.
+
+    ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` would pick Mova's registered
+    classes when Mova is imported; this goes through transformers' dynamic-module loader explicitly, so
+    what runs is the bundled code a user without Mova gets.
+    """
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    folder = str(Path(folder).resolve())
+    auto = json.loads((Path(folder) / "config.json").read_text()).get("auto_map") or {}
+    if "AutoModelForCausalLM" not in auto or "AutoProcessor" not in auto:
+        raise VerifyError(f"{folder}/config.json has no auto_map for the model and processor; export it with "
+                          "mova export")
+    model_class = get_class_from_dynamic_module(auto["AutoModelForCausalLM"], folder)
+    processor_class = get_class_from_dynamic_module(auto["AutoProcessor"], folder)
+    return model_class.from_pretrained(folder).eval(), processor_class.from_pretrained(folder)
