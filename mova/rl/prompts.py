@@ -28,6 +28,9 @@ class PromptRecord:
     #: a PIL image or a path (None: text only).
     image: Any = None
     columns: dict[str, Any] = field(default_factory=dict)
+    #: the prompt exactly as the model sees it (no chat template); set by trainers that build their own
+    #: prompts, such as R3's start states. ``messages`` is then ignored.
+    text: str | None = None
 
 
 def _read_json_records(path: Path) -> list[dict[str, Any]]:

@@ -105,9 +105,12 @@ def shared_expert_features(model: torch.nn.Module,
 def encode_prompts(processor: Any, records: Sequence[PromptRecord], template: str | None,
                    device: torch.device) -> tuple[list[str], dict[str, Any]]:
     """Rendered prompt strings and the left-padded model inputs for ``records``."""
-    conversations = [r.messages for r in records]
     images = [r.image for r in records]
-    prompts = build_prompts(processor, conversations, images, template)
+    templated = [i for i, r in enumerate(records) if r.text is None]
+    rendered = build_prompts(processor, [records[i].messages for i in templated], [images[i] for i in templated],
+                             template) if templated else []
+    by_index = dict(zip(templated, rendered))
+    prompts = [by_index[i] if r.text is None else r.text for i, r in enumerate(records)]
     batch = _encode(processor, prompts, images)
     out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     if out.get("images"):

@@ -157,9 +157,7 @@ class PpoTrainer:
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         self.out_dir = Path(cfg.train.output_dir)
         self._build_models()
-        self.records = load_prompts(cfg.data.data_path, cfg.data.image_folder, self.ppo.limit,
-                                    **({} if Path(cfg.data.data_path).suffix in (".jsonl", ".json") else
-                                       {"config": self.ppo.spavl_config, "split": self.ppo.split}))
+        self.records = self.load_records()
         self.template = cfg.data.template
         self.ptx = self._load_ptx()
         self.moments = pm.RunningMoments()
@@ -167,6 +165,24 @@ class PpoTrainer:
         self.history: list[dict[str, Any]] = []
         self.collapse = CollapseDetector(self.ppo.collapse_kl, self.ppo.collapse_ratio)
         self.times = IterationTimes()
+
+    # --- hooks for trainers built on this one (R3) --------------------------------------------------
+    def load_records(self) -> list[PromptRecord]:
+        """The prompt pool (``data.data_path``: JSONL prompts or SPA-VL)."""
+        cfg = self.cfg
+        spavl = {} if Path(cfg.data.data_path).suffix in (".jsonl", ".json") else \
+            {"config": self.ppo.spavl_config, "split": self.ppo.split}
+        return load_prompts(cfg.data.data_path, cfg.data.image_folder, self.ppo.limit, **spavl)
+
+    def on_iteration_end(self, metrics: dict[str, float]) -> None:
+        """Called with each iteration's metrics before they are logged (add to them in place)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able state a subclass saves in checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved."""
 
     # --- construction ---------------------------------------------------------------------------------
     def _build_models(self) -> None:
@@ -273,7 +289,7 @@ class PpoTrainer:
             return nullcontext()
         return _OnDevice(model, self.device)
 
-    def _prompt_batch(self, iteration: int) -> list[PromptRecord]:
+    def prompt_batch(self, iteration: int) -> list[PromptRecord]:
         """This rank's share of iteration ``iteration``'s global batch (a seeded reshuffle each pass)."""
         n, per_rank = len(self.records), self.ppo.rollout_batch_size // self.world
         start = iteration * self.ppo.rollout_batch_size
@@ -458,7 +474,8 @@ class PpoTrainer:
             self.critic_engine.save(staging / "critic_engine")
         if self.rank == 0:
             state = {"iteration": self.iteration, "moments": self.moments.state_dict(), "history": self.history,
-                     "collapse_warnings": self.collapse.warnings, "collapse_first": self.collapse.first}
+                     "collapse_warnings": self.collapse.warnings, "collapse_first": self.collapse.first,
+                     "extra": self.extra_state()}
             (staging / "trainer_state.json").write_text(json.dumps(state) + "\n")
         self._barrier()
         if self.rank == 0:
@@ -483,6 +500,7 @@ class PpoTrainer:
         self.history = state["history"]
         self.collapse.warnings = state["collapse_warnings"]
         self.collapse.first = state["collapse_first"]
+        self.load_extra_state(state.get("extra", {}))
 
     def _barrier(self) -> None:
         if self.world > 1:
@@ -504,7 +522,7 @@ class PpoTrainer:
         while self.iteration < iterations:
             critic_only = self.iteration < ppo.critic_pretrain_iterations
             torch.manual_seed(cfg.train.seed * 7919 + self.iteration * 31 + self.rank)
-            batch, metrics = self.make_experience(self._prompt_batch(self.iteration))
+            batch, metrics = self.make_experience(self.prompt_batch(self.iteration))
             metrics.update(self.train_on(batch, critic_only))
             samples = ppo.rollout_batch_size
             took = metrics["time/generate"] + metrics["time/score"] + metrics["time/train"]
@@ -512,6 +530,7 @@ class PpoTrainer:
             metrics["critic_pretraining"] = float(critic_only)
             self.iteration += 1
             metrics["iteration"] = self.iteration
+            self.on_iteration_end(metrics)
             self.history.append(metrics)
             self.collapse.observe(self.iteration, metrics)
             if writer is not None:
