@@ -168,9 +168,7 @@ def _classify(returncode: int | None, stderr: str, timed_out: bool, truncated: b
             return "cpu"
         if sig == signal.SIGXFSZ:
             return "output"
-        if sig == signal.SIGKILL:
-            return "killed"
-        return "killed"
+        return "killed"  # SIGKILL from the kernel (out of memory) or a crash (SIGSEGV from runaway C recursion)
     if "MemoryError" in stderr:
         return "memory"
     return "exception"
@@ -226,6 +224,9 @@ def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResu
                     [_python(config), "-I", "-S", "-c", _launcher_source(), json.dumps(launcher_config)],
                     stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=work, env={}, start_new_session=True,
                     pass_fds=(status_w,), close_fds=True)
+            except BaseException:
+                os.close(status_r)
+                raise
             finally:
                 os.close(status_w)
             try:
