@@ -160,11 +160,11 @@ def test_seeded_sampler_draws_from_the_tempered_top_p_distribution():
             break
     expected = torch.zeros_like(p)
     expected[keep] = p[keep] / p[keep].sum()
-    counts = torch.zeros(5)
-    sampler = SeededSampler(0, [0], temperature=temperature, top_p=top_p)
-    for _ in range(4000):
-        out = sampler(torch.zeros(1, 1, dtype=torch.long), logits.clone())
-        counts[out[0].argmax()] += 1
+    rows = 4000  # one draw from each of 4000 samples' own generators
+    sampler = SeededSampler(0, range(rows), temperature=temperature, top_p=top_p)
+    out = sampler(torch.zeros(rows, 1, dtype=torch.long), logits.repeat(rows, 1))
+    assert (torch.isfinite(out).sum(-1) == 1).all()
+    counts = torch.bincount(out.argmax(-1), minlength=5).float()
     assert torch.allclose(counts / 4000, expected.float(), atol=0.03)
     assert counts[[j for j in range(5) if j not in keep]].sum() == 0
 

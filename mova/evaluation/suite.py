@@ -231,11 +231,13 @@ def load_summary(path: str | Path) -> dict[str, Any]:
 
 
 def compare_runs(paths: Sequence[str | Path]) -> tuple[str, dict[str, dict[str, Any]]]:
-    """The comparison table of run folders (folders without a summary, e.g. a task folder, are skipped when
-    others have one)."""
+    """The comparison table of run folders. With several paths (``runs/eval/*``), those that are no run
+    folder -- ``comparison.md`` beside the runs, a folder without a summary -- are skipped."""
     summaries: dict[str, dict[str, Any]] = {}
     for p in paths:
-        if Path(p).is_dir() and not (Path(p) / SUMMARY_FILE).is_file() and len(paths) > 1:
+        q = Path(p)
+        is_run = (q.is_dir() and (q / SUMMARY_FILE).is_file()) or q.name == SUMMARY_FILE
+        if not is_run and len(paths) > 1:
             continue
         s = load_summary(p)
         name, k = s.get("name", Path(p).name), 2
