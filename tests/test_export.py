@@ -18,7 +18,7 @@ from mova.cli import main
 from mova.data.templates import render_text
 from mova.export.bundle import BundleError, build_bundle
 from mova.export.chat_template import JINJA_TEMPLATES
-from mova.export.lora import ExportError
+from mova.export.errors import ExportError
 from mova.export.verify import verify_export
 from mova.model.builder import build_model, load_pretrained
 from mova.model.modeling_mova import MovaForCausalLM
@@ -289,3 +289,11 @@ def test_export_refuses_a_non_empty_folder(exported, tmp_path):
     (target / "notes.txt").write_text("mine")
     assert main(["export", str(exported["final"]), "--out", str(target)]) == 2
     assert sorted(os.listdir(target)) == ["notes.txt"]
+
+
+def test_export_refuses_an_eval_dir_without_results_before_writing(exported, tmp_path, capfd):
+    empty = tmp_path / "no-results"
+    empty.mkdir()
+    target = tmp_path / "release"
+    assert main(["export", str(exported["final"]), "--out", str(target), "--eval-dir", str(empty)]) == 2
+    assert "no results.md" in capfd.readouterr().err and not target.exists()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mova.export.errors import ExportError
 from mova.model.info import human
 from mova.model.layout import grid_offsets
 
@@ -237,7 +238,7 @@ def read_eval_tables(folders: list[Path]) -> list[tuple[str, str]]:
                 out.append((folder.name, "\n".join(rows)))
                 break
         else:
-            raise FileNotFoundError(f"--eval-dir {folder}: no results.md, results.json or summary.json there")
+            raise ExportError(f"--eval-dir {folder}: no results.md, results.json or summary.json there")
     return out
 
 

@@ -25,7 +25,8 @@ from typing import Any
 from mova.export.bundle import HEADER, auto_map, build_bundle
 from mova.export.card import CardInputs, read_eval_tables, read_runs, render_card
 from mova.export.chat_template import jinja_template
-from mova.export.lora import ExportError, has_unmerged_lora, load_merged
+from mova.export.errors import ExportError
+from mova.export.lora import has_unmerged_lora, load_merged
 
 logger = logging.getLogger(__name__)
 

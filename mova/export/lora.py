@@ -16,14 +16,10 @@ from typing import Any
 
 import torch
 
-from mova.errors import MovaError
+from mova.export.errors import ExportError
 
 LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_A(\.[^.]+)?\.weight$")
 PEFT_PREFIX = "base_model.model."
-
-
-class ExportError(MovaError, RuntimeError):
-    """The checkpoint cannot be exported as asked; the message says what to change."""
 
 
 def weight_files(path: Path) -> list[Path]:
