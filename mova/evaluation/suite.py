@@ -121,7 +121,10 @@ def run_checkpoint(config: SuiteConfig, checkpoint: str, name: str, *, model_and
         task_root = scratch
     t0 = time.perf_counter()
     if model_and_processor is None:
-        model, processor = load_model(checkpoint, device=config.device or local_device(), dtype=config.dtype)
+        try:
+            model, processor = load_model(checkpoint, device=config.device or local_device(), dtype=config.dtype)
+        except OSError as e:  # a missing folder, a hub id offline, a folder without weights
+            raise ConfigError(f"cannot load checkpoint {checkpoint!r}: {str(e).splitlines()[0]}") from e
     else:
         model, processor = model_and_processor
     load_s = time.perf_counter() - t0
