@@ -199,7 +199,9 @@ def test_mova_train_continual_cli(mini, tmp_path, capsys):
         f"model: {mini / 'base'}\ntasks_dir: {mini / 'data'}\norder: [stance, code]\n"
         f"strategies: [seqft, replay]\noutput_dir: {tmp_path / 'run'}\ntrain_limit: 12\n"
         "train: {max_steps: 2, per_device_train_batch_size: 4, save_steps: 0, report_to: [], logging_steps: 1}\n"
-        "eval: {limit: 3, batch_size: 8, max_new_tokens: 3}\nreplay: {fraction: 0.5}\n")
+        "eval: {limit: 3, batch_size: 8, max_new_tokens: 3, probes: [{name: add, path: "
+        f"{mini / 'data' / 'numeric' / 'test.json'}, metric: accuracy, max_new_tokens: 3, limit: 2}}]}}\n"
+        "replay: {fraction: 0.5}\n")
     assert main(["train", "continual", "--config", str(yaml), "eval.eval_next=false"]) == 0
     out = capsys.readouterr().out
     assert "| strategy | OP | BWT | FWT |" in out and "| seqft |" in out and "| replay |" in out
@@ -210,6 +212,9 @@ def test_mova_train_continual_cli(mini, tmp_path, capsys):
         assert r["OP"] == pytest.approx((r["R"][1][0] + r["R"][1][1]) / 2)
         assert r["FWT"] is None
     assert report["replay"]["notes"]["replayed"]["code"] == {"stance": 6}
+    probes = report["seqft"]["probes"]
+    assert len(probes["after_task"]) == 2
+    assert probes["final_delta"]["add"] == pytest.approx(probes["after_task"][-1]["add"] - probes["start"]["add"])
     assert (tmp_path / "run" / "R_seqft.png").is_file() and (tmp_path / "run" / "report.md").is_file()
 
     # `mova eval run --tasks trace` on the last checkpoint scores what the loop scored after the last task.

@@ -124,8 +124,14 @@ def test_accuracy_modes():
     assert score("accuracy_normalized", ["Yes."], [["yes"]]) == 1.0
 
 
+def test_final_number_for_gsm8k_format_probes():
+    preds = ["She pays 3 * 4 = 12 dollars, so the answer is 12.", "The total is 1,000", "no number"]
+    golds = ["3 apples at 4 each: 3*4=12\n#### 12", "1000", "#### 7"]
+    assert score("final_number", preds, golds) == pytest.approx(2 / 3)
+
+
 def test_registry_scales_to_unit_interval():
-    for name in TEXT_METRICS:
+    for name in set(TEXT_METRICS) - {"final_number"}:
         text = "the red star is above the blue moon"
         v = score(name, [text], [[text]], [text])
         assert v == pytest.approx(1.0), name

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--train", type=int, default=120)
     d.add_argument("--test", type=int, default=30)
     d.add_argument("--teacher-epochs", type=float, default=8.0)
-    d.add_argument("--teacher-records", type=int, default=80, help="training records per task for the teacher")
+    d.add_argument("--teacher-records", type=int, default=120, help="training records per task for the teacher")
     d.add_argument("overrides", nargs="*")
     m = sub.add_parser("tiny-model", help="write a tiny random Llama with the repository tokenizer")
     m.add_argument("out_dir")

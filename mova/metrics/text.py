@@ -5,7 +5,8 @@ variant, which scale, what an empty prediction scores):
 
 * ROUGE-L is ``rouge-score``'s sentence-level ``rougeL`` F-measure, averaged over samples (no stemming,
   the library's own lower-casing tokenizer);
-* BLEU is ``sacrebleu``'s corpus BLEU (13a tokenizer, 0-100), one or more references per sample.
+* BLEU is ``sacrebleu``'s corpus BLEU (13a tokenizer, 0-100), one or more references per sample;
+* ``final_number`` (GSM8K-format probes) reads numbers with :mod:`mova.metrics.answers`.
 
 Two metrics are written here because no offline package of ours computes them:
 
@@ -209,6 +210,23 @@ def _first(references: Sequence[str | Sequence[str]]) -> list[str]:
     return [refs[0] for refs in _as_lists(references)]
 
 
+def final_number_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """GSM8K-format accuracy: the last number in each prediction (lm-eval's ``flexible`` rule) against the
+    gold's number (after ``####`` when the gold is a full GSM8K solution, else the gold itself), compared
+    numerically (:func:`mova.metrics.answers.numbers_match`). Used for general-ability probes."""
+    from mova.metrics.answers import extract_answer as extract
+    from mova.metrics.answers import numbers_match
+
+    _check_lengths(predictions, references)
+    if not predictions:
+        return 0.0
+    hits = 0
+    for p, r in zip(predictions, references):
+        gold = extract(r, "gsm8k") if "####" in r else r
+        hits += numbers_match(extract(p, "flexible"), gold)
+    return hits / len(predictions)
+
+
 CorpusMetric = Callable[[Sequence[str], Sequence, Sequence[str]], float]
 
 #: metric name -> ``fn(predictions, references, sources) -> score in [0, 1]``. A reference may be a string
@@ -220,6 +238,7 @@ TEXT_METRICS: dict[str, CorpusMetric] = {
     "edit_similarity": lambda p, r, s: edit_similarity(p, _first(r)),
     "sari": lambda p, r, s: sari(s, p, _as_lists(r)) / 100.0,
     "bleu": lambda p, r, s: bleu(p, _as_lists(r)) / 100.0,
+    "final_number": lambda p, r, s: final_number_accuracy(p, _first(r)),
 }
 
 
@@ -235,4 +254,5 @@ def score(name: str, predictions: Sequence[str], references: Sequence, sources: 
 
 
 __all__ = ["TEXT_METRICS", "accuracy", "bleu", "edit_similarity", "edit_similarity_one", "exact_match",
+           "final_number_accuracy",
            "get_metric", "levenshtein", "normalize_text", "rouge_l", "sari", "sari_sentence", "score"]
