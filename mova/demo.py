@@ -154,7 +154,7 @@ def dpo_and_safety(demo: DemoConfig, sft_model: str, root: Path) -> dict[str, An
     return {"after sft": before, "after dpo": after}
 
 
-def export_and_evaluate(model_dir: str, out: Path, eval_dirs: list[Path]) -> dict[str, Any]:
+def export_and_evaluate(model_dir: str, out: Path, eval_dirs: list[Path], note: str = "") -> dict[str, Any]:
     """Export ``model_dir`` (:mod:`mova.export`) and evaluate the exported copy, built by transformers'
     remote-code loader from the folder's own code (not Mova's classes), on the held-out images next to the
     original: the answers must be the same. ``mova export --verify`` checks the same folder in a process
@@ -176,7 +176,7 @@ def export_and_evaluate(model_dir: str, out: Path, eval_dirs: list[Path]) -> dic
     print(f"\n[export] {model_dir} -> {release} ({time.perf_counter() - t0:.0f}s); the copy loaded as "
           f"{type(model).__module__.split('.')[0]}.{type(model).__name__} (the folder's code); held-out accuracy "
           f"original {original['overall']:.1%}, exported {exported['overall']:.1%}; "
-          f"answers {'identical' if same else 'DIFFER'}", flush=True)
+          f"answers {'identical' if same else 'DIFFER'}{note}", flush=True)
     return {"folder": str(release), "original": original, "exported": exported, "identical_answers": same}
 
 
@@ -235,7 +235,8 @@ def run_demo(config: str = "tiny", **overrides: Any) -> dict[str, Any]:
     exported = None
     if demo.export:
         final = out / "images" / ("dpo" if safety is not None else "sft") / "final"
-        exported = export_and_evaluate(str(final), out, [out, out / "images" / "safety-dpo"])
+        note = f" (the sft model before DPO: {results['images']['overall']:.1%})" if safety is not None else ""
+        exported = export_and_evaluate(str(final), out, [out, out / "images" / "safety-dpo"], note)
         (out / "export.json").write_text(json.dumps(exported, indent=2) + "\n")
     print(f"\ntotal {time.perf_counter() - t0:.0f}s; results, loss curves and TensorBoard logs are in {out}/")
     return {**results, **({"safety": safety} if safety else {}), **({"export": exported} if exported else {})}
