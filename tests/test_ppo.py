@@ -91,6 +91,10 @@ def test_collapse_detector_warns_on_runaway_kl_length_and_perplexity():
     assert det.observe(2, {"objective/kl": 1.0, "objective/ppl": 5.0, "response_length": 15.0}) == []
     found = det.observe(3, {"objective/kl": 6.0, "objective/ppl": 3.0, "response_length": 25.0})
     assert len(found) == 3 and len(det.warnings) == 3
+    # still out of band: no repeat; back in and out again: a new warning
+    assert det.observe(4, {"objective/kl": 7.0, "objective/ppl": 3.0, "response_length": 25.0}) == []
+    det.observe(5, {"objective/kl": 1.0, "objective/ppl": 8.0, "response_length": 10.0})
+    assert len(det.observe(6, {"objective/kl": 9.0, "objective/ppl": 8.0, "response_length": 10.0})) == 1
 
 
 def test_reward_registry_checks_what_functions_return():

@@ -118,19 +118,24 @@ class CollapseDetector:
         self.max_kl, self.ratio = max_kl, ratio
         self.first: dict[str, float] = {}
         self.warnings: list[dict[str, Any]] = []
+        #: signals outside their band now (a warning is raised when one leaves, not every iteration after).
+        self.active: set[str] = set()
 
     def observe(self, iteration: int, metrics: dict[str, float]) -> list[str]:
-        found = []
+        """Check one iteration's metrics; returns (and logs) the warnings of signals that just left their band."""
+        outside: dict[str, str] = {}
         kl = metrics.get("objective/kl", 0.0)
         if kl > self.max_kl:
-            found.append(f"KL to the reference {kl:.2f} > {self.max_kl}")
+            outside["objective/kl"] = f"KL to the reference {kl:.2f} > {self.max_kl}"
         for key in ("objective/ppl", "response_length"):
             value = metrics.get(key)
             if value is None or not math.isfinite(value):
                 continue
             first = self.first.setdefault(key, value)
             if first > 0 and not (first / self.ratio <= value <= first * self.ratio):
-                found.append(f"{key} {value:.3g} left [{first / self.ratio:.3g}, {first * self.ratio:.3g}]")
+                outside[key] = f"{key} {value:.3g} left [{first / self.ratio:.3g}, {first * self.ratio:.3g}]"
+        found = [text for key, text in outside.items() if key not in self.active]
+        self.active = set(outside)
         for text in found:
             self.warnings.append({"iteration": iteration, "warning": text})
             logger.warning("PPO iteration %d: possible collapse: %s", iteration, text)
@@ -475,6 +480,7 @@ class PpoTrainer:
         if self.rank == 0:
             state = {"iteration": self.iteration, "moments": self.moments.state_dict(), "history": self.history,
                      "collapse_warnings": self.collapse.warnings, "collapse_first": self.collapse.first,
+                     "collapse_active": sorted(self.collapse.active),
                      "extra": self.extra_state()}
             (staging / "trainer_state.json").write_text(json.dumps(state) + "\n")
         self._barrier()
@@ -500,6 +506,7 @@ class PpoTrainer:
         self.history = state["history"]
         self.collapse.warnings = state["collapse_warnings"]
         self.collapse.first = state["collapse_first"]
+        self.collapse.active = set(state.get("collapse_active", []))
         self.load_extra_state(state.get("extra", {}))
 
     def _barrier(self) -> None:
