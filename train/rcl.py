@@ -2,7 +2,7 @@
 
     python train/rcl.py demo runs/continual_demo            # mini TRACE, tiny model + teacher, seqft/replay/rcl
     python train/rcl.py tiny-model OUT                      # a tiny random Llama (the demo's start model)
-    python train/rcl.py teacher --tasks-dir D --model M --out OUT   # teacher on gold reasoning (mini TRACE)
+    python train/rcl.py teacher --tasks-dir D --model M --out OUT --config C   # teacher on gold reasoning (mini)
     python train/rcl.py paths --config C [key=value ...]    # only generate + filter the teacher's paths
     python train/rcl.py run --config C [key=value ...]      # = mova train continual with strategies=[rcl]
 """
@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--tasks-dir", required=True)
     t.add_argument("--model", required=True)
     t.add_argument("--out", required=True)
-    t.add_argument("--epochs", type=float, default=6.0)
-    t.add_argument("--num-demos", type=int, default=1)
+    t.add_argument("--epochs", type=float, default=8.0)
+    t.add_argument("--limit", type=int, default=None, help="training records per task")
+    t.add_argument("--config", default=None,
+                   help="the continual YAML whose rcl options (demonstrations, marker) the teacher's prompts follow")
     for name in ("paths", "run"):
         r = sub.add_parser(name)
         r.add_argument("--config", required=True)
@@ -90,13 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         print(save_tiny_lm(a.out_dir))
     elif a.cmd == "teacher":
         from mova.config import TrainConfig
-        from mova.continual.config import RclOptions
+        from mova.continual.config import RclOptions, load_continual_config
         from mova.continual.rcl import train_teacher
         from mova.data.trace import task_order
 
-        cfg = TrainConfig(num_train_epochs=a.epochs, per_device_train_batch_size=32, learning_rate=3e-3,
-                          warmup_ratio=0.05, save_steps=0, report_to=[], logging_steps=50)
-        s = train_teacher(task_order(a.tasks_dir), a.model, a.out, cfg, RclOptions(num_demos=a.num_demos))
+        rcl = load_continual_config(a.config, [f"model={a.model}", f"tasks_dir={a.tasks_dir}"]).rcl if a.config \
+            else RclOptions()
+        cfg = TrainConfig(num_train_epochs=a.epochs, per_device_train_batch_size=16, learning_rate=3e-3,
+                          warmup_ratio=0.05, save_steps=0, report_to=[], logging_steps=20)
+        s = train_teacher(task_order(a.tasks_dir), a.model, a.out, cfg, rcl, limit=a.limit)
         print(json.dumps({k: s.get(k) for k in ("global_step", "first_loss", "last_loss", "train_runtime_s")}))
     else:
         from mova.continual.config import load_continual_config
