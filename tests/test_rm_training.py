@@ -119,6 +119,26 @@ def test_metarm_training_path_with_policy_samples(synth, tmp_path):
     assert m["meta/difference_loss_after_ascent"] > m["meta/difference_loss"]
 
 
+def _vlm_metrics_before(init: Path, data: Path, cfg) -> dict:
+    """The untrained reward model's held-out metrics (same data and layout as the run's evaluation)."""
+    from mova.model.builder import load_pretrained
+    from mova.trainers.rm import (
+        build_pair_dataset,
+        load_pair_source,
+        pair_collator,
+        preference_metrics,
+        score_pair_dataset,
+    )
+
+    model, processor = load_pretrained(str(init))
+    torch.manual_seed(0)
+    rm = RewardModel.from_backbone(model)
+    pairs = load_pair_source(str(data), spavl_config="validation")
+    ds = build_pair_dataset(cfg, processor, True, pairs, model.config.template)
+    r_c, r_r = score_pair_dataset(rm, ds, pair_collator("shared", processor.tokenizer.pad_token_id), progress=False)
+    return preference_metrics(r_c, r_r)
+
+
 def test_vlm_rm_on_the_mini_spavl(tmp_path):
     from mova.data.spavl_mini import write_spavl_mini
     from mova.model.builder import build_model
@@ -136,7 +156,11 @@ def test_vlm_rm_on_the_mini_spavl(tmp_path):
                           stage="rm")
     summary = run_rm(cfg)
     assert summary["data"]["pairs"] == 24 and summary["eval"]["pairs"] == 16
-    assert summary["eval"]["accuracy"] >= 0.75
+    # The untrained model's random head already prefers most chosen answers here (0.875: the mini set's
+    # chosen and rejected answers differ in style); training must keep the accuracy and widen the margin.
+    before = _vlm_metrics_before(tmp_path / "init", data, cfg)
+    assert summary["eval"]["accuracy"] >= max(before["accuracy"], 0.9)
+    assert summary["eval"]["margin"] > before["margin"] + 1.0
     assert summary["last_loss"] < summary["first_loss"]
     rm, processor = load_reward_model(summary["final_model"])
     assert rm.is_mova and rm.score_head.in_features == model.config.text_config.hidden_size
