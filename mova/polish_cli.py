@@ -53,7 +53,7 @@ def run_polish(args: argparse.Namespace) -> int:
     from mova.inference.polish_data import load_problems
     from mova.inference.provenance import run_provenance
     from mova.inference.self_polish import PolishConfig, SelfPolish, format_polish_table, summarize_polish
-    from mova.inference.sharding import init_distributed, is_main_process, local_device
+    from mova.inference.sharding import init_distributed, is_main_process, local_device, sharded_generation
 
     init_distributed()
     config = PolishConfig(max_rounds=args.max_rounds, final=args.final, answer_style=args.answer_style,
@@ -66,7 +66,8 @@ def run_polish(args: argparse.Namespace) -> int:
         options.update(batch_size=args.batch_size, device=args.device or local_device())
     backend = load_backend(args.checkpoint, args.backend, **options)
     t0 = time.perf_counter()
-    results = SelfPolish(backend, config).run(problems)
+    with sharded_generation():
+        results = SelfPolish(backend, config).run(problems)
     summary = summarize_polish(results, config.final)
     if not is_main_process():
         return 0

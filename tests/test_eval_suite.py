@@ -182,14 +182,22 @@ import json, sys, torch
 from mova.evaluation.suite import SuiteConfig, run_suite
 from mova.inference import generate_from_prompts, load_model
 from mova.inference.sharding import init_distributed, is_main_process
+from transformers import LlamaForCausalLM
 assert init_distributed("gloo")
 lm, prompts, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+rows = []  # prompts this process generated for, over both parts
+original_generate = LlamaForCausalLM.generate
+def counting_generate(self, *args, **kwargs):
+    rows.append(kwargs["input_ids"].shape[0])
+    return original_generate(self, *args, **kwargs)
+LlamaForCausalLM.generate = counting_generate
 model, tok = load_model(lm, device="cpu")
 gens = generate_from_prompts(model, tok, prompts, batch_size=2, max_new_tokens=6, return_step_logits=True,
-                             progress=False)
+                             progress=False, shard_across_processes=True)
 if is_main_process():
     torch.save({"texts": [g.text for g in gens], "logits": [g.step_logits for g in gens]}, out + "/gen.pt")
 run_suite(SuiteConfig(**json.loads(sys.argv[4])))
+open(f"{out}/rows{torch.distributed.get_rank()}.json", "w").write(json.dumps(sum(rows)))
 torch.distributed.destroy_process_group()
 """
 
@@ -213,6 +221,8 @@ def test_torchrun_two_processes_give_the_single_process_results(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
+    rows = [json.loads((tmp_path / f"rows{r}.json").read_text()) for r in (0, 1)]
+    assert sum(rows) == 7 + 7 and max(rows) < 14, rows  # each process generated a share, not everything
     two = torch.load(tmp_path / "gen.pt", weights_only=True)
     model, tok = load_model(tmp_path / "lm", device="cpu")
     one = generate_from_prompts(model, tok, prompts, batch_size=2, max_new_tokens=6, return_step_logits=True,

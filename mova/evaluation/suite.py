@@ -108,7 +108,7 @@ def run_checkpoint(config: SuiteConfig, checkpoint: str, name: str, *, model_and
     """Every task of ``config`` on one checkpoint; returns (and on rank 0 writes) its summary."""
     from mova.inference.generation import load_model
     from mova.inference.provenance import run_provenance
-    from mova.inference.sharding import local_device, rank_and_world
+    from mova.inference.sharding import local_device, rank_and_world, sharded_generation
 
     rank, world = rank_and_world()
     run_dir = Path(config.out_dir) / name
@@ -139,7 +139,8 @@ def run_checkpoint(config: SuiteConfig, checkpoint: str, name: str, *, model_and
                               rank=rank, world_size=world, task=task)
             ctx.out_dir.mkdir(parents=True, exist_ok=True)
             t1 = time.perf_counter()
-            metrics = get_task(task)(ctx)
+            with sharded_generation():
+                metrics = get_task(task)(ctx)
             tasks[task] = {"metrics": {k: _number(v) for k, v in metrics.items()},
                            "seconds": round(time.perf_counter() - t1, 2), "out_dir": str(run_dir / task)}
     finally:

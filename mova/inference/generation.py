@@ -17,8 +17,8 @@ goes through :func:`generate_answers`, so that prompts are rendered, padded and 
   batch ends when every row has ended (:mod:`mova.inference.decoding`);
 * sampling with a ``seed`` draws each sample from its own generator, so answers do not depend on the batch
   size, the sort order or the number of processes;
-* under ``torchrun`` (an initialised process group) each process generates its shard and every process gets
-  the merged answers in input order (:mod:`mova.inference.sharding`).
+* under ``torchrun``, inside :func:`~mova.inference.sharding.sharded_generation` (the evaluation entry points
+  enter it), each process generates its shard and every process gets the merged answers in input order.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from mova.data.templates import IMAGE_PLACEHOLDER, normalize_messages, render_text
 from mova.errors import ConfigError, PlaceholderMismatchError
 from mova.inference.decoding import SeededSampler, StopOnStrings, truncate_at_stop
-from mova.inference.sharding import gather_shards, rank_and_world, shard
+from mova.inference.sharding import gather_shards, rank_and_world, shard, sharding_enabled
 
 ImageArg = Any  # a PIL image or a path, a list of them (several images in one sample), or None
 
@@ -180,7 +180,7 @@ def generate_answers(
     stop: Sequence[str] | None = None,
     top_k: int = 0,
     return_step_logits: bool = False,
-    shard_across_processes: bool = True,
+    shard_across_processes: bool | None = None,
     **generate_kwargs: Any,
 ) -> list[str] | list[Generation]:
     """Generate one answer per conversation, batched; answers are returned in input order.
@@ -196,9 +196,10 @@ def generate_answers(
 
     Returns the stripped answer texts, or with ``return_details`` one :class:`Generation` per sample (token
     count, why it stopped, first-step logits; every step's logits with ``return_step_logits``). The model is
-    in eval mode during the run and its previous mode is restored afterwards. Inside a ``torchrun`` process
-    group the samples are sharded over the processes and every process gets all answers
-    (``shard_across_processes=False`` makes each process generate everything itself).
+    in eval mode during the run and its previous mode is restored afterwards. Inside
+    :func:`mova.inference.sharding.sharded_generation` under ``torchrun`` (or with
+    ``shard_across_processes=True``) the samples are sharded over the processes and every process gets all
+    answers; every process must then make the call. Otherwise each process generates everything itself.
     """
     images = list(images) if images is not None else [None] * len(conversations)
     prompts = build_prompts(processor, conversations, images, template)
@@ -228,7 +229,7 @@ def generate_from_prompts(
     stop: Sequence[str] | None = None,
     top_k: int = 0,
     return_step_logits: bool = False,
-    shard_across_processes: bool = True,
+    shard_across_processes: bool | None = None,
     **generate_kwargs: Any,
 ) -> list[str] | list[Generation]:
     """:func:`generate_answers` for prompts already rendered (a judge that writes its own raw prompt, a
@@ -249,6 +250,8 @@ def generate_from_prompts(
     stop = [s for s in (stop or []) if s]
     lengths = prompt_lengths(processor, prompts, images)
     order = sorted(range(n), key=lambda i: -lengths[i])  # stable: equal lengths keep input order
+    if shard_across_processes is None:
+        shard_across_processes = sharding_enabled()
     rank, world = rank_and_world() if shard_across_processes else (0, 1)
     mine = shard(order, rank, world)
     tokenizer = tokenizer_of(processor)

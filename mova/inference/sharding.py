@@ -2,21 +2,47 @@
 
     torchrun --nproc_per_node 8 -m mova.cli eval run --checkpoint runs/sft/final --tasks vqa,gsm8k
 
-Every process loads the model; :func:`mova.inference.generate_from_prompts` gives each process every
-``world``-th sample (of the length-sorted order, so every process gets a similar mix of long and short
-prompts), gathers the answers from all processes and returns the full list in input order on every
-process. Tasks therefore need no change to run sharded; only the main process writes result files.
+Every process loads the model; inside :func:`sharded_generation` (which ``mova eval run`` and ``mova polish``
+enter), :func:`mova.inference.generate_from_prompts` gives each process every ``world``-th sample (of the
+length-sorted order, so every process gets a similar mix of long and short prompts), gathers the answers
+from all processes and returns the full list in input order on every process. Tasks therefore need no
+change to run sharded; only the main process writes result files.
+
+Sharding is opt-in (the context, or ``shard_across_processes=True``) because it is collective: every
+process must make the same generation calls. A training loop that evaluates on rank 0 alone would wait
+forever for the other ranks; outside the context each process simply generates everything itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
 
 T = TypeVar("T")
+
+
+_SHARDING = {"on": False}
+
+
+@contextlib.contextmanager
+def sharded_generation(enabled: bool = True) -> Iterator[None]:
+    """Within this block, generation calls shard their samples over the processes of the process group
+    (when there is one of more than one process); every process must make the same calls."""
+    before = _SHARDING["on"]
+    _SHARDING["on"] = enabled
+    try:
+        yield
+    finally:
+        _SHARDING["on"] = before
+
+
+def sharding_enabled() -> bool:
+    """True inside :func:`sharded_generation`."""
+    return _SHARDING["on"]
 
 
 def dist_active() -> bool:
@@ -97,4 +123,4 @@ def gather_shards(n: int, local: Sequence[tuple[int, T]]) -> list[T]:
 
 
 __all__ = ["dist_active", "gather_shards", "init_distributed", "is_main_process", "local_device", "merge_shards",
-           "rank_and_world", "shard"]
+           "rank_and_world", "shard", "sharded_generation", "sharding_enabled"]
