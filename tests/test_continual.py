@@ -238,3 +238,24 @@ def test_config_overrides_and_errors(tmp_path):
     with pytest.raises(Exception, match="model is required"):
         load_continual_config(None, ["tasks_dir=d"])
     random.seed(0)
+
+
+def test_mova_checkpoint_trains_text_only(mini, tmp_path):
+    """A Mova VLM checkpoint runs the loop text-only: its LLM learns, its experts and fusion stay as they were."""
+    from safetensors.torch import load_file
+
+    from mova.model.builder import build_model
+    from tests.conftest import tiny_model_config
+
+    model, processor = build_model(tiny_model_config(), load_weights=False)
+    model.save_pretrained(tmp_path / "mova")
+    processor.save_pretrained(tmp_path / "mova")
+    cfg = _cfg(tmp_path, mini / "data", tmp_path / "mova", order=["stance"])
+    cfg.eval.baseline = False
+    result = run_strategy(cfg, "seqft")
+    assert len(result["R"]) == 1 and result["R"][0][0] is not None
+    start = load_file(str(tmp_path / "mova" / "model.safetensors"))
+    after = load_file(str(tmp_path / "out" / "seqft" / "tasks" / "00-stance" / "model" / "model.safetensors"))
+    assert set(start) == set(after)
+    changed = {k for k in start if not torch.equal(start[k], after[k])}
+    assert changed and all(k.startswith("language_model.") for k in changed)
