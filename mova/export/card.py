@@ -20,6 +20,8 @@ from mova.model.layout import grid_offsets
 
 #: summary.json keys shown in the training table, in order.
 RECIPE_KEYS = ("stage", "global_step", "first_loss", "last_loss", "train_runtime_s")
+#: evaluation reports read for the card, first found wins.
+REPORT_FILES = ("results.md", "comparison.md")
 #: training options shown per stage (``config.train``), when present.
 TRAIN_KEYS = ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
               "num_train_epochs", "warmup_ratio", "lr_scheduler_type", "weight_decay", "bf16")
@@ -224,12 +226,13 @@ def read_runs(checkpoint: Path, extra: list[Path] | None = None) -> list[dict[st
 
 
 def read_eval_tables(folders: list[Path]) -> list[tuple[str, str]]:
-    """``(title, markdown)`` per evaluation folder: the tables of its ``results.md`` (or, without one, a
-    table of the flat numbers in its ``results.json`` / ``summary.json``)."""
+    """``(title, markdown)`` per evaluation folder: the tables of its ``results.md`` (a run of ``mova eval``)
+    or ``comparison.md`` (a suite over several checkpoints), or else a table of the flat numbers in its
+    ``results.json`` / ``summary.json``."""
     out = []
     for folder in folders:
-        md = folder / "results.md"
-        if md.is_file():
+        md = next((folder / n for n in REPORT_FILES if (folder / n).is_file()), None)
+        if md is not None:
             lines = md.read_text(encoding="utf-8").splitlines()
             tables = _tables(lines)
             out.append((folder.name, tables or "```\n" + "\n".join(lines).strip() + "\n```"))
@@ -242,7 +245,8 @@ def read_eval_tables(folders: list[Path]) -> list[tuple[str, str]]:
                 out.append((folder.name, "\n".join(rows)))
                 break
         else:
-            raise ExportError(f"--eval-dir {folder}: no results.md, results.json or summary.json there")
+            raise ExportError(f"--eval-dir {folder}: no {', '.join(REPORT_FILES)}, results.json or summary.json "
+                              "there")
     return out
 
 
