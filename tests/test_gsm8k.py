@@ -80,7 +80,7 @@ def test_bundled_fewshot_examples_are_right():
 
 
 def test_program_scoring_in_the_sandbox():
-    outputs = ["    return 2 + 3\n", "    return 999\nQuestion: next", "    while True:\n        pass\n",
+    outputs = ["return 2 + 3\n", "    return 999\nQuestion: next", "    while True:\n        pass\n",
                "    import os\n    os.system('true')\n    return 12"]
     samples, metrics = score_programs(RECORDS, outputs, SandboxConfig(timeout_s=1.5, cpu_seconds=1))
     assert [s.correct for s in samples] == [True, False, False, False]

@@ -148,6 +148,13 @@ def test_program_split_between_prompt_and_completion(fast_sandbox):
     assert get_reward("program_cot")([prompt], [completion], answer=["12"]) == [1.0]
 
 
+def test_completions_stripped_by_the_decoder_still_run(fast_sandbox):
+    """Generation strips its text, which takes the indentation off the first line the model wrote."""
+    prompts = ["Q\ndef solution():\n", "Q\ndef solution():\n    bags = 3\n", "Q\ndef solution():\n    bags = 3\n"]
+    completions = ["bags = 3\n    return bags * 4", "per_bag = 4\n    return bags * per_bag", "return bags * 4"]
+    assert get_reward("program_cot")(prompts, completions, answer=["12"] * 3) == [1.0, 1.0, 1.0]
+
+
 def test_extract_program():
     text = "```python\ndef solution():\n    x = 2\n\n    return x\n```\nprint(solution())"
     assert extract_program(text) == "def solution():\n    x = 2\n\n    return x\n"

@@ -42,7 +42,7 @@ from mova.errors import ConfigError
 from mova.evaluation.tasks import TaskContext, register_task
 from mova.metrics.answers import ANSWER_EXTRACTORS, extract_answer, harness_exact_match, numbers_match
 from mova.rl.curriculum import DEFAULT_PROMPTS, split_program
-from mova.rl.reasoning_rewards import extract_program
+from mova.rl.reasoning_rewards import extract_program, join_program
 from mova.rl.sandbox import SandboxConfig, run_programs
 
 DEFAULT_FEWSHOT = Path(__file__).resolve().parents[1] / "assets" / "fewshot" / "gsm8k.jsonl"
@@ -155,7 +155,7 @@ def score_cot(records: Sequence[ReasoningRecord], outputs: Sequence[str],
 def score_programs(records: Sequence[ReasoningRecord], outputs: Sequence[str],
                    sandbox: SandboxConfig | None = None) -> tuple[list[ScoredSample], dict[str, float]]:
     """Run each output (the body after ``def solution():``) in the sandbox and score its answer."""
-    programs = [extract_program(PROGRAM_HEADER + out) for out in outputs]
+    programs = [extract_program(join_program(PROGRAM_HEADER, out)) for out in outputs]
     if len(programs) != len(records):
         raise ValueError(f"{len(records)} records but {len(outputs)} outputs")
     todo = [i for i, p in enumerate(programs) if p]

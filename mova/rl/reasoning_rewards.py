@@ -15,6 +15,8 @@ Registered rewards (look up with :func:`mova.rl.rewards.get_reward`):
     Program chain of thought: the text from the last ``def solution(`` in ``prompt + completion`` (so the
     prompt may hold the function header and the first k gold lines, as R3's start states do) to the end of
     that function is run in :mod:`mova.rl.sandbox`; its return value (or last printed line) is the answer.
+    A completion whose first line lost its indentation to a stripping decoder is re-indented
+    (:func:`join_program`).
     Never runs model code in the calling process.
 
 All take ``(prompts, completions, answer=[...], **other_columns)`` and never raise on a malformed completion.
@@ -110,6 +112,36 @@ def extract_program(text: str, entry: str = "solution") -> str | None:
     return "\n".join(body) + "\n"
 
 
+def join_program(prompt: str, completion: str, entry: str = "solution") -> str:
+    """``prompt + completion`` for a completion that continues a function the prompt opened.
+
+    Decoders often strip the generated text (Mova's generation does), which takes the indentation off the
+    first line the model wrote after ``def solution():\n`` or after the gold lines of an R3 start state;
+    that line would then end the function. When the prompt ends inside the function and the completion's
+    first line is not indented, it gets the indentation of the completion's next indented line (else of the
+    prompt's last body line, else four spaces).
+    """
+    prompt = prompt if isinstance(prompt, str) else ""
+    completion = completion if isinstance(completion, str) else ""
+    if extract_program(prompt, entry) is None or not prompt.endswith("\n"):
+        return prompt + completion
+    last = prompt.rstrip("\n").splitlines()[-1] if prompt.strip() else ""
+    inside = re.search(rf"def\s+{re.escape(entry)}\s*\(", last) or (last[:1].isspace() and last.strip())
+    lines = completion.split("\n")
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if not inside or first is None or lines[first][:1].isspace() or lines[first].lstrip().startswith("def "):
+        return prompt + completion
+    hints = [line for line in lines[first + 1:] if line.strip() and line[:1].isspace()]
+    if hints:
+        pad = hints[0][:len(hints[0]) - len(hints[0].lstrip())]
+    elif last[:1].isspace():
+        pad = last[:len(last) - len(last.lstrip())]
+    else:
+        pad = "    "
+    lines[first] = pad + lines[first]
+    return prompt + "\n".join(lines)
+
+
 #: the sandbox limits ``program_cot`` uses; replace with :func:`set_program_sandbox` (e.g. from a config).
 PROGRAM_SANDBOX = SandboxConfig(timeout_s=5.0, cpu_seconds=5)
 
@@ -140,6 +172,5 @@ def score_programs(programs: Sequence[str | None], gold: Sequence[Any],
 def program_cot(prompts: Sequence[str], completions: Sequence[str], **columns: Sequence[Any]) -> list[float]:
     gold = _gold_column(columns, len(completions), "program_cot")
     entry = PROGRAM_SANDBOX.entry or "solution"
-    programs = [extract_program((p if isinstance(p, str) else "") + (c if isinstance(c, str) else ""), entry)
-                for p, c in zip(prompts, completions)]
+    programs = [extract_program(join_program(p, c, entry), entry) for p, c in zip(prompts, completions)]
     return score_programs(programs, gold)
