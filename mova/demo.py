@@ -154,23 +154,44 @@ def dpo_and_safety(demo: DemoConfig, sft_model: str, root: Path) -> dict[str, An
     return {"after sft": before, "after dpo": after}
 
 
+def _held_out_vqa(model_dir: str, data: str, result_path: str, log_path: str) -> None:
+    """The original model's held-out VQA answers, in a second process beside the exported copy's."""
+    import contextlib
+
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        torch.set_num_threads(1)
+        records = json.loads((Path(data) / "test.json").read_text())
+        result = evaluate_vqa(*load_pretrained(model_dir), records, data, batch_size=32, progress=False)
+        Path(result_path).write_text(json.dumps(result) + "\n")
+
+
 def export_and_evaluate(model_dir: str, out: Path, eval_dirs: list[Path], note: str = "") -> dict[str, Any]:
     """Export ``model_dir`` (:mod:`mova.export`) and evaluate the exported copy, built by transformers'
     remote-code loader from the folder's own code (not Mova's classes), on the held-out images next to the
-    original: the answers must be the same. ``mova export --verify`` checks the same folder in a process
-    where Mova cannot be imported at all."""
+    original (evaluated in a second process meanwhile): the answers must be the same. ``mova export
+    --verify`` checks the same folder in a process where Mova cannot be imported at all."""
+    import multiprocessing as mp
+
     from mova.export.export import ExportOptions, export_model
     from mova.export.verify import load_remote
 
     t0 = time.perf_counter()
     release = out / "release"
+    data = out / "images" / "data"
+    original_path = out / "export_original_vqa.json"
+    worker = mp.get_context("spawn").Process(target=_held_out_vqa, args=(
+        model_dir, str(data), str(original_path), str(out / "export_original_vqa.log")))
+    worker.start()
     export_model(ExportOptions(checkpoint=model_dir, out_dir=str(release), overwrite=True, model_name="mova-demo-tiny",
                                eval_dirs=[str(d) for d in eval_dirs if (d / "results.md").is_file()]))
-    data = out / "images" / "data"
-    records = json.loads((data / "test.json").read_text())
-    original = evaluate_vqa(*load_pretrained(model_dir), records, data, batch_size=32, progress=False)
     model, processor = load_remote(release)
+    records = json.loads((data / "test.json").read_text())
     exported = evaluate_vqa(model, processor, records, data, batch_size=32, progress=False)
+    worker.join()
+    if worker.exitcode != 0:
+        raise RuntimeError(f"the original model's evaluation failed (exit code {worker.exitcode}); see "
+                           f"{out / 'export_original_vqa.log'}")
+    original = json.loads(original_path.read_text())
     answers = [[p["prediction"] for p in r.pop("predictions")] for r in (original, exported)]
     same = answers[0] == answers[1]
     print(f"\n[export] {model_dir} -> {release} ({time.perf_counter() - t0:.0f}s); the copy loaded as "
