@@ -41,10 +41,10 @@ def _limit(which, value):
         return
     _, hard = resource.getrlimit(which)
     value = int(value)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    # CPU: the soft limit sends SIGXCPU, the hard one a second later SIGKILL
-    resource.setrlimit(which, (value, value + 1 if which == resource.RLIMIT_CPU else value))
+    new_hard = value + 1 if which == resource.RLIMIT_CPU else value  # CPU: SIGXCPU, then SIGKILL a second later
+    if hard != resource.RLIM_INFINITY:  # an unprivileged process can only lower its hard limits
+        value, new_hard = min(value, hard), min(new_hard, hard)
+    resource.setrlimit(which, (value, new_hard))
 
 
 def main():
