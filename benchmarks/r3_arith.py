@@ -57,7 +57,8 @@ def evaluate(model_dir: Path, data: Path, out: Path, limit: int | None) -> float
     return float(metrics["accuracy"])
 
 
-def rl(schedule: str, policy: Path, data: Path, out: Path, iterations: int, batch: int, seed: int) -> dict:
+def rl(schedule: str, policy: Path, data: Path, out: Path, iterations: int, batch: int, seed: int, lr: float,
+       kl: float) -> dict:
     import mova.rl.curriculum  # noqa: F401
     import mova.trainers.ppo_config  # noqa: F401
     from mova.config import load_run_config
@@ -65,8 +66,9 @@ def rl(schedule: str, policy: Path, data: Path, out: Path, iterations: int, batc
 
     cfg = load_run_config(None, [
         f"init_from={policy}", f"data.data_path={data}", f"train.output_dir={out}", f"train.max_steps={iterations}",
-        "train.learning_rate=5e-4", "train.report_to=[]", "train.save_steps=0", f"train.seed={seed}",
-        "ppo.preset=ppo_max", "ppo.critic_pretrain_iterations=2", "ppo.kl_coef=0.02", f"ppo.rollout_batch_size={batch}",
+        f"train.learning_rate={lr}", "train.report_to=[]", "train.save_steps=0", f"train.seed={seed}",
+        "ppo.preset=ppo_max", "ppo.critic_pretrain_iterations=2", f"ppo.kl_coef={kl}",
+        f"ppo.rollout_batch_size={batch}",
         f"ppo.mini_batch_size={batch // 2}", "ppo.max_new_tokens=48", "ppo.temperature=1.0",
         f"curriculum.schedule={schedule}", f"curriculum.seed={seed}"], stage="r3")
     return run_r3(cfg)
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rollout-batch", type=int, default=32)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-5, help="RL learning rate (policy and critic)")
+    p.add_argument("--kl", type=float, default=0.05, help="KL coefficient")
     args = p.parse_args(argv)
 
     from mova.data.arith_mini import write_arith_mini
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         row["sft"] = evaluate(policy, data, out / f"sft-{seed}" / "eval", None)
         for name, schedule in (("ppo", "none"), ("r3", "mixed")):
             t0 = time.time()
-            summary = rl(schedule, policy, data, out / f"{name}-{seed}", args.iterations, args.rollout_batch, seed)
+            summary = rl(schedule, policy, data, out / f"{name}-{seed}", args.iterations, args.rollout_batch, seed,
+                         args.lr, args.kl)
             row[f"{name}_s"] = round(time.time() - t0, 1)
             row[f"{name}_train_reward"] = round(summary["last_metrics"]["objective/reward"], 3)
             row[name] = evaluate(Path(summary["final_model"]), data, out / f"{name}-{seed}" / "eval", None)

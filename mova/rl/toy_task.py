@@ -79,3 +79,21 @@ def make_colour_policy(folder: str | Path, data: dict[str, Path], steps: int = 6
     model.save_pretrained(final)
     tok.save_pretrained(final)
     return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mova.rl.toy_task OUT``: the colour task's prompts and its SFT start policy under OUT."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("out")
+    p.add_argument("--sft-steps", type=int, default=60)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    data = write_colour_task(out / "data")
+    policy = make_colour_policy(out / "policy", data, steps=args.sft_steps)
+    print(json.dumps({"prompts": str(data["prompts"]), "policy": str(policy)}))
+
+
+if __name__ == "__main__":
+    main()
