@@ -12,7 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mova", "mova.*"]),
-    package_data={"mova": ["assets/tiny-tokenizer/*"]},
+    package_data={"mova": ["assets/tiny-tokenizer/*", "assets/fewshot/*", "data/polish_prompts/*.json"]},
     install_requires=[
         "torch>=2.4,<=2.14.1",
         "torchvision>=0.19,<=0.29.1",

@@ -56,6 +56,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-blanked", action="store_true", help="skip the blanked-images control run")
     p.add_argument("--sequential", action="store_true", help="run the blanked control after, not beside, the main run")
     p.add_argument("--dpo-steps", type=int, default=None, help="DPO steps on the mini SPA-VL (0: no safety stage)")
+    p.add_argument("--no-export", action="store_true", help="skip the final export + evaluation of the exported copy")
 
 
 def _demo_run(args: argparse.Namespace) -> int:
@@ -64,7 +65,7 @@ def _demo_run(args: argparse.Namespace) -> int:
     given = {"align_steps": args.align_steps, "sft_steps": args.sft_steps, "n_train_images": args.train_images,
              "n_test_images": args.test_images, "dpo_steps": args.dpo_steps}
     run_demo(args.config, out_dir=args.out_dir, blanked_control=not args.no_blanked, parallel=not args.sequential,
-             **{k: v for k, v in given.items() if v is not None})
+             export=not args.no_export, **{k: v for k, v in given.items() if v is not None})
     return 0
 
 
@@ -78,7 +79,7 @@ TRAIN_STAGES: dict[str, tuple[str, Callable[[str | None, list[str]], dict[str, A
 
 #: summary keys ``mova train`` prints when a runner returns them.
 SUMMARY_KEYS = ("stage", "global_step", "first_loss", "last_loss", "train_runtime_s", "tokens_per_second",
-                "nonfinite_steps_skipped", "data", "final_model")
+                "nonfinite_steps_skipped", "data", "final_model", "results")
 
 
 def register_train_stage(name: str, help_text: str, run: Callable[[str | None, list[str]], dict[str, Any]]) -> None:
