@@ -234,3 +234,31 @@ def test_two_process_zero2_ppo_matches_one_process(colour, tmp_path):
         got = [h[key] for h in two["history"]]
         want = [h[key] for h in one["history"]]
         assert got == pytest.approx(want, abs=1e-4), key
+
+
+def test_ptx_loss_is_the_language_model_loss_on_the_pretraining_texts(colour, tmp_path):
+    import json as _json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = ["the red cat sat on a blue house", "two small dogs", "a green tree and a white star"]
+    ptx = tmp_path / "ptx.jsonl"
+    ptx.write_text("".join(_json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = load_run_config(None, _overrides(colour, tmp_path / "ptx", "ppo.preset=ppo_max", "ppo.ptx_coef=0.5",
+                                           f"ppo.ptx_data={ptx}", "ppo.ptx_batch_size=2",
+                                           "ppo.critic_pretrain_iterations=0", "train.max_steps=2"), stage="ppo")
+    trainer = PpoTrainer(cfg)
+    got = float(trainer._ptx_loss(1))  # step 1: texts 2 and 0
+    model = AutoModelForCausalLM.from_pretrained(colour["policy"]).eval()
+    tok = AutoTokenizer.from_pretrained(colour["policy"])
+    losses, counts = [], []
+    for t in (texts[2], texts[0]):  # one at a time: no padding to get wrong
+        ids = tok(t, return_tensors="pt").input_ids
+        with torch.no_grad():
+            losses.append(float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1))
+        counts.append(ids.shape[1] - 1)
+    assert got == pytest.approx(sum(losses) / sum(counts), abs=1e-4)
+    summary = trainer.train()
+    assert all("loss/ptx" in h for h in summary["history"])
+    with pytest.raises(ConfigError, match="ptx_data"):
+        PpoTrainer(load_run_config(None, _overrides(colour, tmp_path / "x", "ppo.ptx_coef=0.5"), stage="ppo"))
