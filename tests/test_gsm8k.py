@@ -84,7 +84,8 @@ def test_program_scoring_in_the_sandbox():
                "    import os\n    os.system('true')\n    return 12"]
     samples, metrics = score_programs(RECORDS, outputs, SandboxConfig(timeout_s=1.5, cpu_seconds=1))
     assert [s.correct for s in samples] == [True, False, False, False]
-    assert [s.extra["error"] for s in samples] == [None, None, "timeout", "violation"]
+    errors = [s.extra["error"] for s in samples]
+    assert errors[:2] == [None, None] and errors[2] in ("timeout", "cpu") and errors[3] == "violation"
     assert metrics["timeouts"] == 0.25 and metrics["well_formed"] == 0.5
 
 

@@ -21,7 +21,8 @@ Metrics: ``accuracy`` (numeric match of the extracted answer, :func:`mova.metric
 ``well_formed`` (an answer could be read / the program ran); for ``cot`` also ``strict_match`` and
 ``flexible_match``, scored exactly as lm-evaluation-harness' GSM8K task scores its two filters (its
 regexes, take-first, ``[invalid]`` fallback, its ``exact_match`` normalisation), so they can be set beside
-published harness numbers when the prompt is the same; for ``program`` also ``timeouts``.
+published harness numbers when the prompt is the same; for ``program`` also ``timeouts`` (wall-clock or
+CPU limit reached).
 
 Few-shot file: JSONL or JSON in any format :mod:`mova.data.reasoning` reads (GSM8K ``question`` +
 ``answer`` with ``#### value``; program CoT needs a ``program`` field). ``--shots N`` takes its first N
@@ -171,7 +172,7 @@ def score_programs(records: Sequence[ReasoningRecord], outputs: Sequence[str],
     n = max(len(samples), 1)
     return samples, {"accuracy": sum(s.correct for s in samples) / n,
                      "well_formed": sum(s.extracted is not None for s in samples) / n,
-                     "timeouts": sum(s.extra["error"] == "timeout" for s in samples) / n,
+                     "timeouts": sum(s.extra["error"] in ("timeout", "cpu") for s in samples) / n,
                      "num_samples": float(len(samples))}
 
 
