@@ -17,6 +17,11 @@ if [ ! -f "$STAMP" ]; then
   rm -f "$VENV"/.mova-install-*
   touch "$STAMP"
 fi
+# lm-evaluation-harness is the reference the GSM8K answer extraction is tested against; only its filters are
+# used, so it goes in without its ~27 dependencies (scipy, scikit-learn, evaluate, ...).
+if ! "$VENV/bin/python" -c "import lm_eval.filters.extraction" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install --quiet --no-deps "lm-eval==0.4.13"
+fi
 export PATH="$VENV/bin:$PATH"
 # Nothing is ever downloaded at run time: a hidden hub download fails loudly instead.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
