@@ -121,7 +121,8 @@ def _train_run(args: argparse.Namespace) -> int:
     import json
 
     summary = TRAIN_STAGES[args.stage][1](args.config, list(args.overrides))
-    shown = {k: summary.get(k) for k in SUMMARY_KEYS if k in summary} or summary
+    # the usual keys, plus any other scalar a stage reports (PPO's objective/reward, ...)
+    shown = {k: v for k, v in summary.items() if k in SUMMARY_KEYS or isinstance(v, (int, float, str, type(None)))}
     print(json.dumps(shown, indent=2, default=str))
     return 0
 
