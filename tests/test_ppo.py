@@ -150,6 +150,9 @@ def test_lora_adapters_off_reference_is_the_start_policy(colour, tmp_path):
     assert (moved[mask] - want[mask]).abs().max() > 1e-3
     with pytest.raises(ConfigError, match="adapters_off needs LoRA"):
         PpoTrainer(load_run_config(None, _overrides(colour, tmp_path / "x", "ppo.reference=adapters_off"), stage="ppo"))
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        PpoTrainer(load_run_config(None, _overrides(colour, tmp_path / "x",
+                                                    f"train.deepspeed={ROOT / 'scripts' / 'zero3.json'}"), stage="ppo"))
 
 
 # --- VLM ---------------------------------------------------------------------------------------------------

@@ -102,6 +102,11 @@ def _peft_holder(model: nn.Module) -> Any:
     return inner if hasattr(inner, "disable_adapter") else None
 
 
+def _zero_stage(path: str) -> int:
+    data = json.loads(Path(path).read_text())
+    return int(data.get("zero_optimization", {}).get("stage", 0))
+
+
 # --- the loop -----------------------------------------------------------------------------------------------
 @dataclass
 class IterationTimes:
@@ -155,6 +160,10 @@ class PpoTrainer:
                               f"({self.ppo.mini_batch_size}) must be multiples of the {self.world} processes")
         if not cfg.data.data_path:
             raise ConfigError("data.data_path: name the prompts (a JSONL file or a SPA-VL source)")
+        if cfg.train.deepspeed and _zero_stage(cfg.train.deepspeed) >= 3:
+            raise ConfigError(f"train.deepspeed={cfg.train.deepspeed} is ZeRO-3: PPO samples from the policy "
+                              "every iteration and needs its whole weights on each GPU; use ZeRO-2 "
+                              "(scripts/zero2.json) with LoRA and reference=adapters_off to save memory")
         if self.ppo.reward_model is None and self.ppo.reward_fn is None:
             raise ConfigError("ppo: set reward_model (a folder) or reward_fn (a registered reward function)")
         torch.manual_seed(cfg.train.seed)
