@@ -29,6 +29,8 @@ RECORDS = parse_rows([
     {"id": "d", "question": "q4", "answer": "y\n#### 12"},
 ])
 
+ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+
 
 def test_score_cot_against_hand_scored_outputs():
     outputs = [
@@ -72,7 +74,7 @@ def test_bundled_fewshot_examples_are_right():
     assert len(shots) == 8
     for shot in shots:  # every "a op b = c" in a rationale is true arithmetic
         for a, op, b, c in re.findall(r"([\d.]+) ([+\-*/]) ([\d.]+) = ([\d.]+)", shot.rationale):
-            assert eval(f"{a} {op} {b}") == pytest.approx(float(c)), shot.id  # our own digits, not model output
+            assert ARITH[op](float(a), float(b)) == pytest.approx(float(c)), shot.id
     bodies = ["".join(line + "\n" for line in split_program(s.program)[1]) for s in shots]
     _, cot = score_cot(shots, [s.gsm8k_answer() for s in shots])
     _, prog = score_programs(shots, bodies, SandboxConfig(timeout_s=5))
