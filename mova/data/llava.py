@@ -9,7 +9,6 @@ so a bad record stops the run at once with its id and index rather than hours la
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -23,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from mova.config import DataConfig
+from mova.data.jsonio import read_json_records
 from mova.data.templates import IMAGE_PLACEHOLDER, normalize_messages, render
 from mova.errors import ConfigError, ImageLoadError, MovaError
 from mova.model.layout import VisualLayout
@@ -52,17 +52,8 @@ class RecordInfo:
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """A JSON list or a JSONL file of records."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    if not isinstance(data, list):
-        raise ConfigError(f"{path}: expected a JSON list of records")
-    return data
+    """A JSON list or a JSONL file of LLaVA records."""
+    return read_json_records(path, "data")
 
 
 def resolve_image_path(folder: Path | None, rel: Any) -> Path:

@@ -22,13 +22,13 @@ Files: ``.jsonl`` (one object a line) or ``.json`` (a list, or ``{"data": [...]}
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mova.data.jsonio import read_json_records
 from mova.errors import DataError
 from mova.metrics.answers import extract_answer, format_number, normalize_number
 
@@ -141,28 +141,7 @@ def parse_rows(rows: Sequence[dict[str, Any]], fmt: str = "auto", source: str = 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """The raw rows of a local ``.jsonl`` or ``.json`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"reasoning data file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-        return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a list of records (or {{'data': [...]}})")
-    return data
+    return read_json_records(path, "reasoning data")
 
 
 def load_reasoning(source: str | Path, split: str = "test", fmt: str = "auto", limit: int | None = None,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mova.data.jsonio import read_json_records
 from mova.errors import DataError, UnknownNameError
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "data" / "polish_prompts"
@@ -115,20 +116,8 @@ def _multiarith(r: Mapping[str, Any], i: int) -> Problem:
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON list or a JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"problem file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    except ValueError as e:
-        raise DataError(f"{path}: not valid JSON / JSONL: {e}") from e
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of problems, got {type(data).__name__}")
-    return data
+    """The problems of a ``.json`` / ``.jsonl`` file."""
+    return read_json_records(path, "problem")
 
 
 def detect_format(record: Mapping[str, Any]) -> str:

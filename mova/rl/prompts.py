@@ -11,11 +11,11 @@ Sources:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mova.data.jsonio import read_json_records
 from mova.data.templates import normalize_messages
 from mova.errors import DataError
 
@@ -31,23 +31,6 @@ class PromptRecord:
     #: the prompt exactly as the model sees it (no chat template); set by trainers that build their own
     #: prompts, such as R3's start states. ``messages`` is then ignored.
     text: str | None = None
-
-
-def _read_json_records(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        return rows
-    data = json.loads(text)
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records")
-    return data
 
 
 def _record(path: Path, index: int, row: Any, image_folder: Path | None) -> PromptRecord:
@@ -78,10 +61,8 @@ def load_prompts(source: str | Path, image_folder: str | Path | None = None, lim
     """The prompts of ``source`` (see the module docstring); ``limit`` keeps the first N."""
     path = Path(source)
     if path.suffix in (".jsonl", ".json"):
-        if not path.is_file():
-            raise DataError(f"prompt file not found: {path}")
         folder = Path(image_folder) if image_folder else None
-        rows = _read_json_records(path)
+        rows = read_json_records(path, "prompt")
         if limit is not None:
             rows = rows[:limit]
         records = [_record(path, i, row, folder) for i, row in enumerate(rows)]

@@ -143,24 +143,10 @@ def load_policy(cfg: RunConfig) -> tuple[torch.nn.Module, Any, bool]:
 
 def configure_policy(model: torch.nn.Module, cfg: RunConfig,
                      is_mova: bool) -> tuple[torch.nn.Module, dict[str, int]]:
-    """Freeze what DPO keeps fixed: the experts always (unless unfrozen), the fusion network unless asked.
+    """Freeze what DPO keeps fixed: the experts always (unless unfrozen), the fusion network unless asked."""
+    from mova.trainers.stages import configure_llm_training
 
-    Returns the model to train (a text LM with LoRA comes back wrapped by peft) and trainable counts.
-    """
-    from mova.trainers.stages import StageSpec, configure_trainable
-
-    if is_mova:
-        return model, configure_trainable(model, StageSpec(train_fusion=cfg.dpo.train_fusion, train_llm=True,
-                                                           default_template=None), cfg)
-    lora = cfg.train.lora
-    if lora.r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
-    else:
-        model.requires_grad_(True)
-    return model, {"language_model": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return configure_llm_training(model, cfg, is_mova, cfg.dpo.train_fusion)
 
 
 def check_reference(cfg: RunConfig) -> None:

@@ -45,6 +45,7 @@ from mova.rl.prompts import PromptRecord, load_prompts
 from mova.rl.rollout import RolloutBatch, forward_response, generate_rollouts, mova_base, position_ids_for, unwrap
 from mova.trainers.base import STAGING, resolve_resume
 from mova.trainers.ppo_config import PpoConfig
+from mova.trainers.stages import zero_stage
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +81,9 @@ def load_policy_model(cfg: RunConfig) -> tuple[nn.Module, Any]:
 
 def make_trainable(model: nn.Module, cfg: RunConfig, train_fusion: bool) -> nn.Module:
     """Freeze the experts (and the fusion network unless ``train_fusion``); LoRA when ``train.lora.r``."""
-    from mova.trainers.stages import StageSpec, configure_trainable
+    from mova.trainers.stages import configure_llm_training
 
-    if mova_base(model) is not None:
-        configure_trainable(model, StageSpec(train_fusion=train_fusion, train_llm=True, default_template=None), cfg)
-        return model
-    lora = cfg.train.lora
-    if lora.r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
-    model.requires_grad_(True)
-    return model
+    return configure_llm_training(model, cfg, mova_base(model) is not None, train_fusion)[0]
 
 
 def _peft_holder(model: nn.Module) -> Any:
@@ -100,11 +91,6 @@ def _peft_holder(model: nn.Module) -> Any:
     base = mova_base(model)
     inner = base.language_model if base is not None else unwrap(model)
     return inner if hasattr(inner, "disable_adapter") else None
-
-
-def _zero_stage(path: str) -> int:
-    data = json.loads(Path(path).read_text())
-    return int(data.get("zero_optimization", {}).get("stage", 0))
 
 
 # --- the loop -----------------------------------------------------------------------------------------------
@@ -160,7 +146,7 @@ class PpoTrainer:
                               f"({self.ppo.mini_batch_size}) must be multiples of the {self.world} processes")
         if not cfg.data.data_path:
             raise ConfigError("data.data_path: name the prompts (a JSONL file or a SPA-VL source)")
-        if cfg.train.deepspeed and _zero_stage(cfg.train.deepspeed) >= 3:
+        if zero_stage(cfg.train.deepspeed) >= 3:
             raise ConfigError(f"train.deepspeed={cfg.train.deepspeed} is ZeRO-3: PPO samples from the policy "
                               "every iteration and needs its whole weights on each GPU; use ZeRO-2 "
                               "(scripts/zero2.json) with LoRA and reference=adapters_off to save memory")

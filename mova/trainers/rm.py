@@ -15,7 +15,6 @@ Checkpoints, resume, the non-finite-loss guard, progress, TensorBoard and ``summ
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -276,28 +275,9 @@ def load_backbone(cfg: RunConfig) -> tuple[torch.nn.Module, Any, bool]:
 
 def configure_backbone(model: torch.nn.Module, cfg: RunConfig, is_mova: bool) -> tuple[torch.nn.Module, dict[str, int]]:
     """Freeze what reward modelling keeps fixed (experts; the fusion network unless asked); LoRA if configured."""
-    from mova.trainers.stages import StageSpec, configure_trainable
+    from mova.trainers.stages import configure_llm_training
 
-    rm = cfg.section("rm")
-    if is_mova:
-        return model, configure_trainable(model, StageSpec(train_fusion=rm.train_fusion, train_llm=True,
-                                                           default_template=None), cfg)
-    lora = cfg.train.lora
-    if lora.r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
-    else:
-        model.requires_grad_(True)
-    return model, {"language_model": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-
-
-def _deepspeed_stage(path: str | None) -> int:
-    if not path:
-        return 0
-    data = json.loads(Path(path).read_text())
-    return int(data.get("zero_optimization", {}).get("stage", 0))
+    return configure_llm_training(model, cfg, is_mova, cfg.section("rm").train_fusion)
 
 
 # --- evaluation ----------------------------------------------------------------------------------------
@@ -349,10 +329,10 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
 
     ``train_positions`` trains on those pairs of the source only (the strength ensemble's held-out folds).
     """
-    from mova.trainers.stages import training_arguments
+    from mova.trainers.stages import training_arguments, zero_stage
 
     opts: RmConfig = cfg.section("rm")
-    if _deepspeed_stage(cfg.train.deepspeed) == 3:
+    if zero_stage(cfg.train.deepspeed) == 3:
         raise ConfigError("reward-model training supports ZeRO-2 (scripts/zero2.json), not ZeRO-3: the final "
                           "save writes the head and backbone from full weights")
     set_seed(cfg.train.seed)

@@ -72,6 +72,38 @@ def configure_trainable(model: MovaForCausalLM, spec: StageSpec, cfg: RunConfig)
     return counts
 
 
+def configure_llm_training(model: torch.nn.Module, cfg: RunConfig, is_mova: bool,
+                           train_fusion: bool) -> tuple[torch.nn.Module, dict[str, int]]:
+    """Make a model trainable the way the preference and RL stages (dpo, rm, ppo) train it.
+
+    A Mova model: the experts stay frozen (unless ``train.unfreeze_experts``), the fusion network trains
+    only with ``train_fusion``, the LLM trains fully or through LoRA (``train.lora.r``). A plain causal LM:
+    LoRA when ``train.lora.r > 0`` (the model comes back wrapped by peft), else every weight. Returns the
+    model to train and its trainable parameter counts.
+    """
+    if is_mova:
+        spec = StageSpec(train_fusion=train_fusion, train_llm=True, default_template=None)
+        return model, configure_trainable(model, spec, cfg)
+    lora = cfg.train.lora
+    if lora.r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+    else:
+        model.requires_grad_(True)
+    return model, {"language_model": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def zero_stage(deepspeed: str | None) -> int:
+    """The ZeRO stage of a DeepSpeed JSON (0 without one)."""
+    if not deepspeed:
+        return 0
+    import json
+
+    return int(json.loads(Path(deepspeed).read_text()).get("zero_optimization", {}).get("stage", 0))
+
+
 def open_feature_cache(root: str, model: MovaForCausalLM) -> Any:
     """Open the cache of every frozen expert that has one; a stale cache raises, a missing one runs live."""
     from mova.data.feature_cache import FeatureCache
