@@ -49,3 +49,24 @@ def save_tiny_text_lm(folder, seed: int = 0):
     from mova.rl.toy_task import tiny_text_lm
 
     return tiny_text_lm(folder, seed=seed)
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 600):
+    """Run ``python -m torch.distributed.run --nproc_per_node N ARGS`` (e.g. ``"-m", "mova.cli", "train", ...``
+    or a script path) from the repository root on a free port, one OpenMP thread per process; fails the
+    test with the processes' output tails unless every process exits 0. Returns the completed process."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:  # a free port: a fixed one collides with any other run on the machine
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", port,
+           *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +12,7 @@ import yaml
 from mova.config import load_run_config
 from mova.model.builder import build_model, load_pretrained
 from mova.trainers.dpo import run_dpo
-from tests.conftest import save_tiny_text_lm, tiny_model_config
+from tests.conftest import save_tiny_text_lm, tiny_model_config, torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,16 +94,9 @@ def test_vlm_dpo_on_the_mini_spavl_saves_a_loadable_model(vlm_recipe, tmp_path):
 
 def test_two_process_zero2_dpo_matches_one_process(vlm_recipe, tmp_path):
     one = run_dpo(load_run_config(vlm_recipe, [f"train.output_dir={tmp_path / 'one'}"]))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
     out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           "-m", "mova.cli", "train", "dpo", "--config", str(vlm_recipe), f"train.output_dir={out}",
-           "train.per_device_train_batch_size=2", f"train.deepspeed={ROOT / 'scripts' / 'zero2.json'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun("-m", "mova.cli", "train", "dpo", "--config", vlm_recipe, f"train.output_dir={out}",
+             "train.per_device_train_batch_size=2", f"train.deepspeed={ROOT / 'scripts' / 'zero2.json'}")
     two = json.loads((out / "summary.json").read_text())
     assert len(_losses(two)) == len(_losses(one)) == 3
     torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=0, atol=1e-4)

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +26,7 @@ from mova.evaluation.vqa_task import (
 )
 from mova.inference import generate_answers, generate_from_prompts, load_model
 from mova.model.builder import build_model
-from tests.conftest import random_image, save_tiny_text_lm, tiny_model_config
+from tests.conftest import random_image, save_tiny_text_lm, tiny_model_config, torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -214,12 +211,8 @@ def test_torchrun_two_processes_give_the_single_process_results(tmp_path):
               "device": "cpu", "task_options": {"vqa": {"questions": str(questions), "max_new_tokens": 5}}}
     script = tmp_path / "run.py"
     script.write_text(TORCHRUN_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(script), str(tmp_path / "lm"), json.dumps(prompts), str(tmp_path),
-           json.dumps({**config, "out_dir": str(tmp_path / "two")})]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(script, tmp_path / "lm", json.dumps(prompts), tmp_path,
+             json.dumps({**config, "out_dir": str(tmp_path / "two")}), timeout=300)
 
     rows = [json.loads((tmp_path / f"rows{r}.json").read_text()) for r in (0, 1)]
     assert sum(rows) == 7 + 7 and max(rows) < 14, rows  # each process generated a share, not everything

@@ -4,10 +4,6 @@ models, flipping/margin/contrastive/LM-loss/MetaRM paths run, and 2-process ZeRO
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +15,7 @@ from mova.config import load_run_config
 from mova.data.synthetic_prefs import write_synthetic_prefs
 from mova.rl.reward_model import RewardModel, load_reward_model, score_texts
 from mova.trainers.rm import run_rm
-from tests.conftest import save_tiny_text_lm, tiny_model_config
+from tests.conftest import save_tiny_text_lm, tiny_model_config, torchrun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,16 +171,9 @@ def test_two_process_zero2_rm_matches_one_process(synth, tmp_path):
     path = tmp_path / "rm.yaml"
     path.write_text(yaml.safe_dump(recipe))
     one = run_rm(load_run_config(path, [f"train.output_dir={tmp_path / 'one'}"]))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
     out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           "-m", "mova.cli", "train", "rm", "--config", str(path), f"train.output_dir={out}",
-           "train.per_device_train_batch_size=4", f"train.deepspeed={ROOT / 'scripts' / 'zero2.json'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun("-m", "mova.cli", "train", "rm", "--config", path, f"train.output_dir={out}",
+             "train.per_device_train_batch_size=4", f"train.deepspeed={ROOT / 'scripts' / 'zero2.json'}")
     two = json.loads((out / "summary.json").read_text())
     assert len(_losses(two)) == len(_losses(one)) == 3
     torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=0, atol=1e-4)

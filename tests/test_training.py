@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +14,7 @@ from mova.config import load_run_config
 from mova.model.builder import load_pretrained
 from mova.trainers.base import NonFiniteLossError
 from mova.trainers.stages import run_stage
+from tests.conftest import torchrun
 from tests.llava_fixtures import tiny_recipe, write_llava_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,14 +105,7 @@ def test_sft_with_lora_merges_into_a_plain_checkpoint(recipe, tmp_path):
 
 
 def _torchrun(recipe, out, extra):
-    with socket.socket() as sock:  # a free port: a fixed one collides with any other run on the machine
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           "-m", "mova.cli", "train", "align", "--config", str(recipe), f"train.output_dir={out}", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun("-m", "mova.cli", "train", "align", "--config", recipe, f"train.output_dir={out}", *extra)
     return json.loads((out / "summary.json").read_text())
 
 
