@@ -117,7 +117,7 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last 1 in each row of a right-padded ``mask`` (0 for an empty row)."""
+    """Index of the last 1 in each row of ``mask`` (left or right padding alike; 0 for an empty row)."""
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     return torch.where(mask.bool(), positions, torch.zeros_like(positions)).max(dim=1).values
 

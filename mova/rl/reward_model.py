@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from mova.errors import ConfigError
+from mova.rl.engine import unwrap
+from mova.rl.ppo_math import last_token_index
 
 HEAD_FILE = "score_head.safetensors"
 INFO_FILE = "reward_model.json"
@@ -48,24 +50,9 @@ class RewardOutput:
     logits: torch.Tensor | None = None
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP / DeepSpeed wrappers (``.module`` chains)."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
-
-
 def is_mova_model(model: nn.Module) -> bool:
     config = getattr(unwrap(model), "config", None)
     return getattr(config, "model_type", None) == "mova"
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of each row's last position with mask 1 (left or right padding alike); 0 for an empty row."""
-    mask = attention_mask.long()
-    width = mask.shape[-1]
-    flipped_first = torch.argmax(mask.flip(-1), dim=-1)
-    return (width - 1 - flipped_first).clamp(min=0)
 
 
 class RewardModel(nn.Module):

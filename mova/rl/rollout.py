@@ -20,15 +20,9 @@ from typing import Any
 import torch
 
 from mova.inference.generation import _encode, build_prompts, is_mova_processor, tokenizer_of
+from mova.rl.engine import unwrap
 from mova.rl.ppo_math import token_logprobs
 from mova.rl.prompts import PromptRecord
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DDP / DeepSpeed wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
 
 
 def mova_base(model: torch.nn.Module) -> Any | None:

@@ -40,9 +40,9 @@ from tqdm.auto import tqdm
 from mova.config import RunConfig, to_dict
 from mova.errors import ConfigError
 from mova.rl import ppo_math as pm
-from mova.rl.engine import TrainEngine, init_distributed, rank, world_size
+from mova.rl.engine import TrainEngine, init_distributed, rank, unwrap, world_size
 from mova.rl.prompts import PromptRecord, load_prompts
-from mova.rl.rollout import RolloutBatch, forward_response, generate_rollouts, mova_base, position_ids_for, unwrap
+from mova.rl.rollout import RolloutBatch, forward_response, generate_rollouts, mova_base, position_ids_for
 from mova.trainers.base import STAGING, resolve_resume
 from mova.trainers.ppo_config import PpoConfig
 from mova.trainers.stages import zero_stage

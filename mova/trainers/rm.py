@@ -30,7 +30,8 @@ from transformers import set_seed
 from mova.config import RunConfig, register_section, to_dict
 from mova.data.pairs import PaddedPairCollator, PairDataset, PairEncoder, SharedPromptCollator
 from mova.errors import ConfigError, UnknownNameError
-from mova.rl.reward_model import RewardModel, pair_scores, unwrap
+from mova.rl.engine import unwrap
+from mova.rl.reward_model import RewardModel, pair_scores
 from mova.trainers.base import MovaTrainer, resolve_resume, write_report
 from mova.trainers.rm_loss import CONTRASTIVE, check_rm_loss_options, rm_loss, simcse_loss, swav_loss, weakest_pairs
 
