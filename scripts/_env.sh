@@ -1,26 +1,50 @@
-# Sourced by the other scripts: make sure .venv exists with Mova and its dependencies installed.
-# Re-installs when setup.py changes (a stamp file records the hash of the install inputs).
+# Sourced by the other scripts: make sure a virtual environment exists with Mova and its dependencies.
+#
+# By default the dependencies are the exact versions in constraints.txt (the ones the test suite last passed
+# with), in .venv. MOVA_DEPS=latest takes the newest releases allowed by setup.py's ranges instead, in
+# .venv-latest, so drift in a dependency shows up in a test run before a user meets it:
+#   MOVA_DEPS=latest bash scripts/test.sh
+# A stamp file records a hash of the install inputs; a change to setup.py or constraints.txt re-installs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
-VENV="$ROOT/.venv"
-STAMP="$VENV/.mova-install-$(cat setup.py | sha1sum | cut -c1-12)"
+MOVA_DEPS="${MOVA_DEPS:-pinned}"
+case "$MOVA_DEPS" in
+  pinned) VENV="${MOVA_VENV:-$ROOT/.venv}"; PIN_ARGS=(-c "$ROOT/constraints.txt") ;;
+  latest) VENV="${MOVA_VENV:-$ROOT/.venv-latest}"; PIN_ARGS=(--upgrade --upgrade-strategy eager) ;;
+  *) echo "[mova] MOVA_DEPS must be 'pinned' or 'latest', got '$MOVA_DEPS'" >&2; exit 2 ;;
+esac
+STAMP="$VENV/.mova-install-$(cat setup.py constraints.txt scripts/_env.sh | sha1sum | cut -c1-12)-$MOVA_DEPS"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[mova] creating $VENV"
   "$PY" -m venv "$VENV"
 fi
 if [ ! -f "$STAMP" ]; then
-  echo "[mova] installing Mova and its dependencies into $VENV (first run takes a few minutes)"
+  echo "[mova] installing Mova and its dependencies ($MOVA_DEPS) into $VENV (first run takes a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+  "$VENV/bin/python" -m pip install --quiet "${PIN_ARGS[@]}" -e ".[dev]"
+  # lm-evaluation-harness is the reference the GSM8K answer extraction is tested against; only its filters
+  # are used, so it goes in without its ~27 dependencies (scipy, scikit-learn, evaluate, ...).
+  "$VENV/bin/python" -m pip install --quiet --no-deps "${PIN_ARGS[@]}" "lm-eval==0.4.13"
   rm -f "$VENV"/.mova-install-*
   touch "$STAMP"
+  if [ "$MOVA_DEPS" = latest ]; then
+    echo "[mova] newest releases installed; versions that differ from constraints.txt:"
+    "$VENV/bin/python" -m pip freeze --exclude-editable | sort | comm -23 - <(grep -v '^#' constraints.txt | sort) \
+      | sed 's/^/[mova]   /' || true
+  fi
 fi
-# lm-evaluation-harness is the reference the GSM8K answer extraction is tested against; only its filters are
-# used, so it goes in without its ~27 dependencies (scipy, scikit-learn, evaluate, ...).
-if ! "$VENV/bin/python" -c "import lm_eval.filters.extraction" 2>/dev/null; then
-  "$VENV/bin/python" -m pip install --quiet --no-deps "lm-eval==0.4.13"
+# The program sandbox (mova.rl.sandbox) runs model-written code under bubblewrap. Install it where we can.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[mova] installing bubblewrap (the program sandbox's isolation tool)"
+    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 \
+      && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }) \
+      || echo "[mova] could not install bubblewrap; the sandbox will refuse to run programs" >&2
+  else
+    echo "[mova] bubblewrap is missing: install it (Debian/Ubuntu: sudo apt-get install bubblewrap)" >&2
+  fi
 fi
 export PATH="$VENV/bin:$PATH"
 # Nothing is ever downloaded at run time: a hidden hub download fails loudly instead.

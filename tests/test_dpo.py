@@ -121,8 +121,8 @@ def test_shared_prompt_packing_scores_every_response_as_if_alone(scheme):
         b = collator(batch)
         with torch.no_grad():
             lp_c, lp_r, n_c, n_r = response_logps(model, b, len(pairs))
-        torch.testing.assert_close(lp_c.double(), naive_c, rtol=0, atol=1e-4)
-        torch.testing.assert_close(lp_r.double(), naive_r, rtol=0, atol=1e-4)
+        torch.testing.assert_close(lp_c.double(), naive_c, rtol=1e-5, atol=1e-5)  # sums of 40-250 log-probs
+        torch.testing.assert_close(lp_r.double(), naive_r, rtol=1e-5, atol=1e-5)
     shared = SharedPromptCollator(processor.tokenizer.pad_token_id, max_tokens=400)(batch)
     assert shared["input_ids"].shape[0] < len(pairs)  # several pairs share a row
     assert shared["images"]["clip"].shape[0] == 3  # each image once, not once per response
@@ -180,14 +180,24 @@ def test_step0_loss_and_margins_match_trl(tmp_path, loss_type):
     from datasets import Dataset
 
     path, tok = _tiny_text_lm(tmp_path)
-    model = LlamaForCausalLM.from_pretrained(path).eval()
-    ref_model = LlamaForCausalLM.from_pretrained(path).eval()
-    # The reference differs from the policy so that the margins are not trivially zero.
-    with torch.no_grad():
-        for p in ref_model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+
+    def load(perturb: bool) -> LlamaForCausalLM:
+        # A fresh object per side: TRL/accelerate patch the ``forward`` of the models they are handed, so
+        # Mova's side must never score with an object TRL has wrapped.
+        m = LlamaForCausalLM.from_pretrained(path).eval()
+        if perturb:  # the reference differs from the policy so that the margins are not trivially zero
+            g = torch.Generator().manual_seed(7)
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(torch.randn(p.shape, generator=g) * 0.02)
+        return m
+
+    model, ref_model = load(False), load(True)
+    # fp32 on both sides: DPOConfig's defaults (bf16, gradient checkpointing) would make accelerate run the
+    # reference under bf16 autocast, and the comparison would then measure bf16 rounding, not the loss.
     args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, beta=0.2,
-                         loss_type=[loss_type], report_to=[], use_cpu=True, max_length=None)
+                         loss_type=[loss_type], report_to=[], use_cpu=True, max_length=None, bf16=False,
+                         gradient_checkpointing=False)
     trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=args, processing_class=tok,
                              train_dataset=Dataset.from_list(TEXT_ROWS))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(TEXT_ROWS))])
@@ -201,13 +211,17 @@ def test_step0_loss_and_margins_match_trl(tmp_path, loss_type):
     enc = PairEncoder(tok, "raw")
     encoded = [enc.encode(p) for p in pairs]
     b = SharedPromptCollator(tok.pad_token_id, 256)(encoded)
+    ours, ours_ref = load(False), load(True)
     with torch.no_grad():
-        pc, pr, nc, nr = response_logps(model, b, len(pairs), is_mova=False)
-        rc, rr, _, _ = response_logps(ref_model, b, len(pairs), is_mova=False)
+        pc, pr, nc, nr = response_logps(ours, b, len(pairs), is_mova=False)
+        rc, rr, _, _ = response_logps(ours_ref, b, len(pairs), is_mova=False)
     out = dpo_loss(pc, pr, rc, rr, beta=0.2, loss_type=loss_type, chosen_tokens=nc, rejected_tokens=nr)
-    assert out.losses.mean().item() == pytest.approx(trl_loss.item(), abs=1e-4)
+    # relative: the IPO loss is a square of ~2.7 (about 7.4) while the sigmoid loss is about 0.69
+    assert out.losses.mean().item() == pytest.approx(trl_loss.item(), rel=1e-5, abs=1e-6)
     margins = out.metrics(pc, pr)["rewards/margins"].item()
-    assert margins == pytest.approx(trl_margin, abs=1e-4)
+    # the margin is beta times a difference of summed log-probs of ~30: float32 sums carry ~1e-5 of that
+    scale = 0.2 * float((pc.abs() + pr.abs() + rc.abs() + rr.abs()).mean())
+    assert margins == pytest.approx(trl_margin, abs=1e-6 * scale + 1e-7)
     assert not math.isclose(margins, 0.0, abs_tol=1e-3)
 
 

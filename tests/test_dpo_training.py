@@ -99,6 +99,7 @@ def test_two_process_zero2_dpo_matches_one_process(vlm_recipe, tmp_path):
              "train.per_device_train_batch_size=2", f"train.deepspeed={ROOT / 'scripts' / 'zero2.json'}")
     two = json.loads((out / "summary.json").read_text())
     assert len(_losses(two)) == len(_losses(one)) == 3
-    torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=0, atol=1e-4)
+    # several Adam steps on 1 vs 2 processes: reduction order differs, so compare relatively
+    torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=1e-4, atol=1e-6)
     margins = [h for h in (two["last_metrics"], one["last_metrics"])]
-    assert margins[0]["rewards/margins"] == pytest.approx(margins[1]["rewards/margins"], abs=1e-4)
+    assert margins[0]["rewards/margins"] == pytest.approx(margins[1]["rewards/margins"], rel=1e-3, abs=1e-5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import time
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -468,9 +467,7 @@ def test_ocr_reads_words_in_order_with_boxes_and_caches(ocr_expert: VisualExpert
     assert all(0.0 <= v <= 1.0 for w in words for v in w.box) and all(w.score >= 0.5 for w in words)
     assert expert.engine_calls == calls + 1 and expert.cache_hits == 0
 
-    start = time.perf_counter()
-    again = expert.read(image.copy())  # same pixels, another object: served from the cache
-    assert time.perf_counter() - start < 0.1
+    again = expert.read(image.copy())  # same pixels, another object: served from the cache (no engine call)
     assert again == words and expert.engine_calls == calls + 1 and expert.cache_hits == 1
 
     clone = pickle.loads(pickle.dumps(expert))  # DataLoader workers: engine dropped, cache kept

@@ -137,14 +137,43 @@ def test_mask_formats():
     assert flash["cu_seq_lens_q"].tolist() == [0, 2, 5, 6, 12] and flash["max_length_q"] == 6
 
 
-def test_run_stage_trains_with_packing(tmp_path):
+def test_run_stage_trains_with_packing(tmp_path, monkeypatch):
+    """``data.packing`` reaches the trainer: its batches are packed rows (fewer rows than samples, no padding),
+    and the first step's loss equals the padded run's on the same samples (packing changes the layout only)."""
+    import mova.trainers.stages as stages
+
+    seen: list[tuple[int, int, int]] = []  # (rows, samples, padding tokens) of every batch the trainer took
+    real = stages.data_collator
+
+    def spy(cfg, pad_token_id):
+        collator = real(cfg, pad_token_id)
+
+        def collate(samples):
+            batch = collator(samples)
+            seen.append((batch["input_ids"].shape[0], len(samples), int((batch["attention_mask"] == 0).sum())))
+            return batch
+        return collate
+
+    monkeypatch.setattr(stages, "data_collator", spy)
     data = write_llava_dataset(tmp_path, n=8, text_only=4)
-    cfg = tiny_recipe(data, tmp_path, stage="sft", data_extra={"packing": True, "packing_max_tokens": 300},
-                      max_steps=3, save_steps=0, output_dir=str(tmp_path / "run"))
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    summary = run_stage(load_run_config(path))
-    losses = list(summary["losses"].values())
-    assert summary["global_step"] == 3 and len(losses) == 3
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert summary["config"]["data"]["packing"] is True
+    first_loss = {}
+    for packing in (True, False):
+        seen.clear()
+        cfg = tiny_recipe(data, tmp_path, stage="sft", data_extra={"packing": packing, "packing_max_tokens": 1024},
+                          max_steps=3, save_steps=0, output_dir=str(tmp_path / f"run-{packing}"),
+                          learning_rate=0.0)
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        summary = run_stage(load_run_config(path))
+        losses = list(summary["losses"].values())
+        assert summary["global_step"] == 3 and len(losses) == 3
+        assert all(torch.isfinite(torch.tensor(losses)))
+        first_loss[packing] = losses[0]
+        if packing:
+            assert summary["config"]["data"]["packing"] is True
+            assert all(rows < samples for rows, samples, _ in seen), seen  # several samples share a row
+        else:
+            assert any(pad > 0 for _, _, pad in seen), seen  # the padded layout pads
+    # lr 0 keeps the weights fixed, so every step sees the same model: the packed mean token loss equals the
+    # padded one over the same samples (same data order, same seed)
+    assert first_loss[True] == pytest.approx(first_loss[False], rel=1e-5)

@@ -226,7 +226,7 @@ def test_two_process_zero2_ppo_matches_one_process(colour, tmp_path):
     for key in ("objective/reward", "objective/kl", "loss/policy", "loss/value", "policy/clipfrac"):
         got = [h[key] for h in two["history"]]
         want = [h[key] for h in one["history"]]
-        assert got == pytest.approx(want, abs=1e-4), key
+        assert got == pytest.approx(want, rel=1e-3, abs=1e-5), key
 
 
 def test_ptx_loss_is_the_language_model_loss_on_the_pretraining_texts(colour, tmp_path):

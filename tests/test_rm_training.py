@@ -176,6 +176,6 @@ def test_two_process_zero2_rm_matches_one_process(synth, tmp_path):
              "train.per_device_train_batch_size=4", f"train.deepspeed={ROOT / 'scripts' / 'zero2.json'}")
     two = json.loads((out / "summary.json").read_text())
     assert len(_losses(two)) == len(_losses(one)) == 3
-    torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=1e-4, atol=1e-6)
     assert two["last_metrics"]["rewards/accuracies"] == pytest.approx(one["last_metrics"]["rewards/accuracies"])
     assert (out / "final" / "score_head.safetensors").is_file()

@@ -556,9 +556,8 @@ def test_cli_eval_safety(tmp_path, checkpoints, monkeypatch, capsys):
 
 def test_cli_on_the_generated_spavl_mini_folder(tmp_path, checkpoints):
     """Through the real SPA-VL reader: a folder in SPA-VL's layout, read by mova.data.preference."""
-    pytest.importorskip("mova.data.preference")
-    spavl_mini = pytest.importorskip("mova.data.spavl_mini")
     from mova.cli import main
+    from mova.data import spavl_mini
 
     ours, base = checkpoints
     spavl_mini.write_spavl_mini(tmp_path / "mini", n_train=12, n_validation=6, n_test_per_split=4)

@@ -114,7 +114,7 @@ def test_two_process_zero2_matches_one_process_with_the_same_global_batch(recipe
     two = _torchrun(recipe, tmp_path / "two", ["train.per_device_train_batch_size=2", "train.save_steps=0",
                                                f"train.deepspeed={ROOT / 'scripts' / 'zero2.json'}"])
     assert len(_losses(two)) == len(_losses(one)) == 6
-    torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=1e-4, atol=1e-6)
 
 
 def test_zero3_saves_a_consolidated_model_that_loads_and_matches(recipe, tmp_path):
