@@ -14,8 +14,7 @@ def test_demo_runs_every_stage_and_writes_its_tables(tmp_path):
     assert set(results) == {"images", "blanked", "safety", "export"}
     saved = json.loads((out / "results.json").read_text())
     for variant in ("images", "blanked"):
-        r = saved[variant]
-        assert sum(r["per_type"].values()) >= 0 and 0 <= r["overall"] <= 1
+        assert set(saved[variant]["per_type"]) == {"word", "shape", "color", "position", "count"}
         assert (out / variant / "sft" / "final" / "config.json").is_file()
     assert (out / "blanked.log").is_file()  # the control ran in its own process and logged there
     table = (out / "safety.md").read_text()
@@ -29,3 +28,14 @@ def test_demo_runs_every_stage_and_writes_its_tables(tmp_path):
     config = json.loads((out / "release" / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_mova.MovaForCausalLM"
     assert "after dpo" in (out / "release" / "README.md").read_text()  # the safety table made it into the card
+
+
+def test_demo_headline_the_model_reads_the_images(tmp_path):
+    """The quickstart's claim at a fifth of its size (~1 min): trained with images, the model answers far above the
+    same recipe with every image blanked, and the words only the OCR expert can read are answered well (the
+    thresholds leave room below what these sizes reach: run the test with ``-s`` to see the table)."""
+    results = run_demo("tiny", out_dir=str(tmp_path / "demo"), n_train_images=80, n_test_images=40, align_steps=20,
+                       sft_steps=200, batch_size=16, dpo_steps=0, export=False)
+    images, blanked = results["images"], results["blanked"]
+    assert images["overall"] - blanked["overall"] >= 0.15, (images, blanked)
+    assert images["per_type"]["word"] >= 0.7 and blanked["per_type"]["word"] <= 0.4, (images, blanked)
