@@ -8,7 +8,6 @@ The same as ``mova eval gsm8k``; see docs/r3.md. Writes samples.jsonl and result
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,13 +16,12 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mova.gsm8k_cli import add_gsm8k_args, run_gsm8k  # noqa: E402
+from mova.cli import main as mova_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_gsm8k_args(parser)
-    return run_gsm8k(parser.parse_args(argv))
+    """``mova eval gsm8k ARGS``: the same options, the same clean errors (exit status 2) for bad paths or options."""
+    return mova_main(["eval", "gsm8k", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

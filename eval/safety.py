@@ -9,7 +9,6 @@ to ``--out-dir`` and prints the table.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,13 +17,12 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mova.safety_cli import add_safety_args, run_safety  # noqa: E402
+from mova.cli import main as mova_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_safety_args(parser)
-    return run_safety(parser.parse_args(argv))
+    """``mova eval safety ARGS``: the same options, the same clean errors (exit status 2) for bad paths or options."""
+    return mova_main(["eval", "safety", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

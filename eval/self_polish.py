@@ -9,7 +9,6 @@ released (``--format auto``).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,13 +17,12 @@ try:
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mova.polish_cli import add_polish_args, run_polish  # noqa: E402
+from mova.cli import main as mova_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_polish_args(parser)
-    return run_polish(parser.parse_args(argv))
+    """``mova polish ARGS``: the same options, the same clean errors (exit status 2) for bad paths or options."""
+    return mova_main(["polish", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

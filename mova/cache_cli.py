@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("key=value overrides apply to --config, not to --checkpoint")
         from mova.model.builder import load_pretrained
 
-        model, processor = load_pretrained(args.checkpoint)
+        model, processor = load_pretrained(args.checkpoint, what="--checkpoint")
     else:
         from mova.config import load_model_config
         from mova.model.builder import build_model

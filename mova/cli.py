@@ -162,7 +162,33 @@ def _register_plugins() -> None:
             importlib.import_module(f"mova.{info.name}")
 
 
+def configure_logging() -> None:
+    """Show Mova's own INFO lines (feature cache in use, resumed runs, records left out, ...) on stderr.
+
+    ``MOVA_LOG_LEVEL`` (``WARNING``, ``DEBUG``, ...) changes the level. Only the ``mova`` logger is touched, so
+    a program that imports Mova as a library keeps its own logging setup.
+    """
+    import logging
+    import os
+
+    class StderrHandler(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is at the time (a test's or a notebook's capture included)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.stream = sys.stderr
+            super().emit(record)
+
+    log = logging.getLogger("mova")
+    if not log.handlers:
+        handler = StderrHandler()
+        handler.setFormatter(logging.Formatter("[mova] %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(os.environ.get("MOVA_LOG_LEVEL", "INFO").upper())
+
+
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     _register_plugins()
     parser = argparse.ArgumentParser(prog="mova", description="Poly-visual-expert VLM training and alignment")
     sub = parser.add_subparsers(dest="command", required=True)

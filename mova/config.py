@@ -104,6 +104,7 @@ class DataConfig:
     """Where the data is and how strictly to treat it."""
 
     data_path: str = ""
+    #: the folder the records' image paths are relative to; default: the data file's folder.
     image_folder: str | None = None
     #: chat template; ``None`` means the stage's default (``plain`` for align, the model's for sft).
     template: str | None = None

@@ -51,7 +51,7 @@ def run_gsm8k(args: argparse.Namespace) -> int:
                          stop=args.stop or ["Question:"], limit=args.limit, program_timeout_s=args.program_timeout)
     records = load_reasoning(config.data, split=config.split, limit=config.limit)
     start = time.monotonic()
-    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype, what="--model")
     backend = TransformersBackend(model, processor, batch_size=args.batch_size, progress=not args.no_progress)
     out_dir = Path(args.out_dir)
     metrics = evaluate_gsm8k(backend_generate(backend), records, config, out_dir / "samples.jsonl")

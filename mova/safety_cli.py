@@ -58,7 +58,13 @@ def add_safety_args(p: argparse.ArgumentParser) -> None:
 def run_safety(args: argparse.Namespace) -> int:
     """Run :func:`mova.evaluation.safety.evaluate_safety` from parsed arguments and print the table."""
     from mova.evaluation.safety import evaluate_safety, format_safety_table
+    from mova.model.checkpoints import resolve_checkpoint
 
+    # the model folders first: a wrong path is named before any data is read
+    for flag, ref in (("--model", args.model), ("--base-model", args.base_model), ("--judge-model", args.judge_model),
+                      ("--help-judge-model", args.help_judge_model)):
+        if ref:
+            resolve_checkpoint(ref, flag)
     judge_options = parse_options(args.judge_option)
     if args.judge_model:
         judge_options["path"] = args.judge_model

@@ -166,8 +166,8 @@ def test_changed_expert_is_refused(model_and_processor, caches):
     with torch.no_grad():
         w = perturbed.visual.transformer.resblocks[0].mlp.c_fc.weight
         w.view(-1)[w.numel() // 2 + 7] += 1e-3  # not in any sampled slice: only the bit sum sees it
-    with pytest.raises(StaleCacheError, match=r"expert 'clip'.*weights"):
-        cache.open_for(perturbed)
+    with pytest.raises(StaleCacheError, match=r"expert 'clip'.*weights.*a different seed builds a different expert"):
+        cache.open_for(perturbed)  # a tiny expert: its weights come from the seed, and the error says so
 
     with pytest.raises(StaleCacheError, match=r"weights_dtype.*float32.*bfloat16"):
         cache.open_for(copy.deepcopy(model.experts["clip"]).to(torch.bfloat16))

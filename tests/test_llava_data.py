@@ -96,6 +96,38 @@ def test_skip_mode_logs_and_counts(processor, data, caplog):
     assert "skipping record 0" in caplog.text
 
 
+def test_summary_counts_skips_by_reason_not_by_message(processor, data):
+    from mova.data.llava import dataset_summary
+
+    records = read_records(data)
+    for i in (0, 1, 2):  # three missing files: one reason, three messages
+        records[i]["image"] = f"images/gone-{i}.png"
+    records[3]["conversations"] = [{"from": "human", "value": "<image>\nhi"}]
+    ds = _ds(processor, _write(data, records), skip_bad_records=True)
+    assert dataset_summary(ds)["skipped_by_reason"] == {"missing image": 3, "no assistant turn": 1}
+
+
+def test_image_that_fails_at_load_time_is_skipped_when_asked(processor, data, caplog):
+    """With verify_images=false a corrupt file is only found when training reaches it: skip_bad_records then
+    replaces the sample (and reports it) instead of ending the run; without it the error names the record."""
+    (data.parent / "images" / "002.png").write_bytes(b"not a png at all")
+    ds = _ds(processor, data, verify_images=False, skip_bad_records=True)
+    assert len(ds) == 8  # nothing found before training
+    item = ds[2]
+    assert item["index"] == 3 and "skipping record 2" in caplog.text  # the next usable sample instead
+    assert [(s.index, s.kind) for s in ds.skipped] == [(2, "unreadable image")]
+    assert ds[2]["index"] == 3 and len(ds.skipped) == 1  # not retried
+    strict = _ds(processor, data, verify_images=False)
+    with pytest.raises(BadRecordError, match=r"record 2 \(id 'img-2'\).*skip_bad_records"):
+        strict[2]
+
+
+def test_image_folder_defaults_to_the_data_files_folder(processor, data):
+    cfg = DataConfig(data_path=str(data))
+    ds = LlavaDataset(read_records(data), processor, cfg, "vicuna_v1", progress=False)
+    assert ds.items[0].images[0] == (data.parent / "images" / "000.png").resolve()
+
+
 def test_collator_pads_right_and_concatenates_images(processor, data):
     ds = _ds(processor, data)
     batch = MovaCollator(processor.tokenizer.pad_token_id)([ds[0], ds[len(ds) - 1], ds[1]])

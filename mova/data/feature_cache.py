@@ -290,7 +290,11 @@ def differing_fields(cached: dict[str, Any], live: dict[str, Any]) -> list[str]:
                 if _canonical(a.get(k)) != _canonical(b.get(k)):
                     out.append(f"{k} (cache: {a.get(k)!r}, model: {b.get(k)!r})")
         elif part == "weights":
-            out.append("weights (the expert's parameters differ)")
+            hint = ""
+            if any((c.get("config") or {}).get("tiny") for c in (cached, live)):
+                hint = ("; a `tiny: true` expert has random weights drawn from the seed (train.seed / --seed), so a "
+                        "different seed builds a different expert")
+            out.append(f"weights (the expert's parameters differ{hint})")
         else:
             out.append(f"{part} ({_first_difference(a, b)})")
     return out

@@ -33,7 +33,20 @@ logger = logging.getLogger(__name__)
 
 
 class BadRecordError(MovaError, ValueError):
-    """A data record cannot be used; the message names its index and id."""
+    """A data record cannot be used; the message names its index and id, ``reason`` says what is wrong."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class RecordProblem(ValueError):
+    """Why a record cannot be used: ``kind`` is a short, stable name (the key of ``skipped_by_reason`` in a
+    run's summary), the message says what exactly is wrong with this record."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -41,6 +54,8 @@ class Skipped:
     index: int
     id: str
     reason: str
+    #: the short name of the reason (``missing image``, ``too long``, ...): what summaries count by.
+    kind: str = "bad record"
 
 
 @dataclass
@@ -60,23 +75,36 @@ def resolve_image_path(folder: Path | None, rel: Any) -> Path:
     """``folder / rel``, refusing absolute paths and ``..`` escapes (a shared data file must not make
     the trainer read arbitrary files)."""
     if not isinstance(rel, str) or not rel:
-        raise ValueError(f"image path must be a non-empty string, got {rel!r}")
+        raise RecordProblem("bad image path", f"image path must be a non-empty string, got {rel!r}")
     if folder is None:
-        raise ValueError("record has an image but no image_folder is configured")
+        raise RecordProblem("no image folder", "record has an image but no image_folder is configured")
     if Path(rel).is_absolute():
-        raise ValueError(f"absolute image path {rel!r} refused: paths must be relative to the image folder")
+        raise RecordProblem("image outside the folder",
+                            f"absolute image path {rel!r} refused: paths must be relative to the image folder")
     root = folder.resolve()
     path = (root / rel).resolve()
     if root != path and root not in path.parents:
-        raise ValueError(f"image path {rel!r} escapes the image folder {root}")
+        raise RecordProblem("image outside the folder", f"image path {rel!r} escapes the image folder {root}")
     return path
+
+
+def _is_text_only(rec: Any) -> bool:
+    """No image and no ``<image>`` placeholder anywhere in the conversation (a malformed record is not)."""
+    if not isinstance(rec, dict) or rec.get("image") is not None or not isinstance(rec.get("conversations"), list):
+        return False
+    return not any(IMAGE_PLACEHOLDER in str(turn.get("value", turn.get("content", "")))
+                   for turn in rec["conversations"] if isinstance(turn, dict))
 
 
 class LlavaDataset(Dataset):
     """Tokenized LLaVA conversations with labels on the assistant turns only."""
 
     def __init__(self, records: list[dict[str, Any]], processor: MovaProcessor, cfg: DataConfig, template: str,
-                 progress: bool = True, feature_cache: Any = None):
+                 progress: bool = True, feature_cache: Any = None, leave_out_text_only: bool = False):
+        """``leave_out_text_only``: records with no image and no ``<image>`` placeholder are left out and
+        counted (``text_only_left_out``), for stages where only the fusion network trains; a record whose text
+        has a placeholder but no image is still checked, and reported as broken. Records keep the indices
+        they have in ``records`` in every message."""
         self.processor = processor
         #: a FeatureCache whose experts were opened (checked) against the model; those experts never run.
         self.feature_cache = feature_cache
@@ -84,29 +112,37 @@ class LlavaDataset(Dataset):
         self.cfg = cfg
         self.template = template
         self.records = records
-        self.folder = Path(cfg.image_folder) if cfg.image_folder else None
+        # image paths are relative to data.image_folder, by default the data file's own folder (as LLaVA's are)
+        self.folder = Path(cfg.image_folder) if cfg.image_folder else (
+            Path(cfg.data_path).resolve().parent if cfg.data_path else None)
         self.skipped: list[Skipped] = []
         self.items: list[RecordInfo] = []
+        #: items whose images failed to load while training (skipped from then on).
+        self._failed: set[int] = set()
         self.max_positions = processor.config.max_positions
         layout = processor.layout
         self._ocr_max = tuple(b.max_tokens for b in layout.ocr_blocks)
         self._visual_tokens = layout.num_tokens(self._ocr_max)
         self._visual_positions = layout.num_positions(self._ocr_max)
+        self.text_only_left_out = 0
         for i, rec in enumerate(tqdm(records, desc="checking records", disable=not progress, mininterval=1.0)):
+            if leave_out_text_only and _is_text_only(rec):
+                self.text_only_left_out += 1
+                continue
             rid = str(rec.get("id", f"#{i}")) if isinstance(rec, dict) else f"#{i}"
             try:
                 self.items.append(self._check(i, rid, rec))
             except (ValueError, ImageLoadError, KeyError, TypeError) as e:
-                self._bad(i, rid, str(e))
+                self._bad(i, rid, str(e), getattr(e, "kind", "malformed record"))
         if not self.items:
             raise ConfigError(f"no usable records in {cfg.data_path or 'the data'} ({len(self.skipped)} skipped)")
 
     # --- validation ---------------------------------------------------------------------------
-    def _bad(self, index: int, rid: str, reason: str) -> None:
+    def _bad(self, index: int, rid: str, reason: str, kind: str) -> None:
         if not self.cfg.skip_bad_records:
             raise BadRecordError(f"record {index} (id {rid!r}): {reason} (set data.skip_bad_records=true to skip)")
         logger.warning("skipping record %d (id %r): %s", index, rid, reason)
-        self.skipped.append(Skipped(index, rid, reason))
+        self.skipped.append(Skipped(index, rid, reason, kind))
 
     def _image_list(self, rec: dict[str, Any]) -> list[Any]:
         img = rec.get("image")
@@ -116,10 +152,10 @@ class LlavaDataset(Dataset):
 
     def _check(self, index: int, rid: str, rec: Any) -> RecordInfo:
         if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
-            raise ValueError("no 'conversations' list")
+            raise RecordProblem("no conversations", "no 'conversations' list")
         messages = normalize_messages(rec["conversations"])
         if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-            raise ValueError("no assistant turn")
+            raise RecordProblem("no assistant turn", "no assistant turn")
         paths = [resolve_image_path(self.folder, p) for p in self._image_list(rec)]
         n_placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
         if paths and n_placeholders == 0:
@@ -128,16 +164,17 @@ class LlavaDataset(Dataset):
             first["content"] = IMAGE_PLACEHOLDER + "\n" + first["content"]
             n_placeholders = len(paths) if len(paths) == 1 else 0
         if n_placeholders != len(paths):
-            raise ValueError(f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(paths)} image(s)")
+            raise RecordProblem("placeholders and images differ",
+                                f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(paths)} image(s)")
         for p in paths:
             if not p.is_file():
-                raise ValueError(f"missing image {p}")
+                raise RecordProblem("missing image", f"missing image {p}")
             if self.cfg.verify_images:
                 try:
                     with Image.open(p) as im:
                         im.verify()
                 except Exception as e:  # PIL raises many types for corrupt files
-                    raise ValueError(f"unreadable image {p}: {e}") from e
+                    raise RecordProblem("unreadable image", f"unreadable image {p}: {e}") from e
         rec["conversations"] = messages
         text = "".join(s.text for s in render(self.template, messages, self.processor.tokenizer))
         text_tokens = len(self.processor.tokenizer(text.replace(IMAGE_PLACEHOLDER, ""),
@@ -145,9 +182,9 @@ class LlavaDataset(Dataset):
         length = text_tokens + len(paths) * self._visual_tokens
         positions = text_tokens + len(paths) * self._visual_positions
         if self.cfg.max_length and length > self.cfg.max_length:
-            raise ValueError(f"too long: {length} tokens > max_length {self.cfg.max_length}")
+            raise RecordProblem("too long", f"too long: {length} tokens > max_length {self.cfg.max_length}")
         if self.max_positions and positions > self.max_positions:
-            raise ValueError(f"too long: {positions} positions > the LLM's context {self.max_positions}")
+            raise RecordProblem("too long", f"too long: {positions} positions > the LLM's context {self.max_positions}")
         return RecordInfo(index, rid, paths, length)
 
     # --- access -------------------------------------------------------------------------------
@@ -163,7 +200,25 @@ class LlavaDataset(Dataset):
         return [bool(it.images) for it in self.items]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        info = self.items[i]
+        """Sample ``i``. An image that fails to load here (possible with ``data.verify_images=false``) stops
+        the run, or with ``data.skip_bad_records=true`` is reported and replaced by the next usable sample, so
+        a long run does not die mid-way on one corrupt file."""
+        for step in range(len(self.items)):
+            j = (i + step) % len(self.items)
+            if j in self._failed:
+                continue
+            try:
+                return self._sample(self.items[j])
+            except BadRecordError as e:
+                if not self.cfg.skip_bad_records:
+                    raise
+                info = self.items[j]
+                logger.warning("skipping record %d (id %r): %s", info.index, info.id, e.reason)
+                self._failed.add(j)
+                self.skipped.append(Skipped(info.index, info.id, e.reason, "unreadable image"))
+        raise ConfigError(f"no usable records in {self.cfg.data_path or 'the data'}: every image failed to load")
+
+    def _sample(self, info: RecordInfo) -> dict[str, Any]:
         rec = self.records[info.index]
         pixels, ocr_lengths = self._images(info)
         segments = render(self.template, rec["conversations"], self.processor.tokenizer)
@@ -184,7 +239,8 @@ class LlavaDataset(Dataset):
         try:
             images = [load_image(p) for p in info.images] if live else [None] * len(info.images)
         except ImageLoadError as e:
-            raise BadRecordError(f"record {info.index} (id {info.id!r}): {e}") from e
+            raise BadRecordError(f"record {info.index} (id {info.id!r}): {e} (set data.skip_bad_records=true to "
+                                 "skip such records)", reason=str(e)) from e
         pixels, ocr_lengths = proc.process_images(images, ocr_words=ocr_words, skip=self.cached)
         for name in proc.transforms:
             if name in self.cached and keys:
@@ -364,6 +420,7 @@ class ModalityLengthGroupedSampler(Sampler[int]):
 
 
 def dataset_summary(ds: LlavaDataset) -> dict[str, Any]:
-    reasons = Counter(s.reason.split(":")[0] for s in ds.skipped)
+    reasons = Counter(s.kind for s in ds.skipped)
     return {"records": len(ds.records), "used": len(ds), "skipped": len(ds.skipped),
-            "skipped_by_reason": dict(reasons), "with_image": sum(ds.has_image)}
+            "skipped_by_reason": dict(reasons), "with_image": sum(ds.has_image),
+            "text_only_left_out": ds.text_only_left_out}

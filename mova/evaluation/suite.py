@@ -201,9 +201,7 @@ def comparison_rows(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, dic
 def _cell(v: Any) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float):
-        if v.is_integer() and abs(v) >= 1:
-            return str(int(v))
+    if isinstance(v, float):  # one format for every score (1.0 beside 0.25 reads 1.0000 beside 0.2500)
         return f"{v:.4f}"
     return str(v)
 

@@ -328,7 +328,7 @@ def _finish_row(tokenizer: Any, tokens: list[int], eos_id: int | None, stop: Seq
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None) -> tuple[Any, Any]:
+               dtype: str | torch.dtype | None = None, what: str = "model") -> tuple[Any, Any]:
     """A checkpoint folder ready for :func:`generate_answers`: ``(model, processor)``.
 
     A Mova folder (``model_type: mova`` in its ``config.json``) loads with
@@ -340,7 +340,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from mova.model.builder import load_pretrained, torch_dtype
+    from mova.model.checkpoints import resolve_checkpoint
 
+    path = resolve_checkpoint(path, what)
     kwargs: dict[str, Any] = {"weights_only": True}
     if dtype is not None:
         kwargs["dtype"] = torch_dtype(dtype) if isinstance(dtype, str) else dtype

@@ -34,7 +34,9 @@ def text_config(cfg: ModelConfig) -> PreTrainedConfig:
     """The LLM's config: ``llm.name_or_path``'s ``config.json`` updated with ``llm.config``."""
     overrides = dict(cfg.llm.config)
     if cfg.llm.name_or_path:
-        base = AutoConfig.from_pretrained(cfg.llm.name_or_path)
+        from mova.model.checkpoints import resolve_checkpoint
+
+        base = AutoConfig.from_pretrained(resolve_checkpoint(cfg.llm.name_or_path, "llm.name_or_path"))
         for k, v in overrides.items():
             if k != "model_type":
                 setattr(base, k, v)
@@ -103,5 +105,8 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> tuple[MovaForCau
 
 def load_pretrained(path: str | Path, **kwargs: Any) -> tuple[MovaForCausalLM, MovaProcessor]:
     """Load a saved Mova model folder and its processor."""
+    from mova.model.checkpoints import resolve_checkpoint
+
+    path = resolve_checkpoint(path, kwargs.pop("what", "model"))
     model = MovaForCausalLM.from_pretrained(path, **kwargs)
     return model, MovaProcessor.from_pretrained(path, config=model.config)

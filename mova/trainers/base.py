@@ -35,7 +35,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
 from mova.data.llava import ModalityLengthGroupedSampler
-from mova.errors import MovaError
+from mova.errors import ConfigError, MovaError
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,15 @@ def resolve_resume(output_dir: str, resume: str | None) -> str | None:
     if resume in (None, "", "none", False):
         return None
     if resume == "latest":
-        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if found:
+            logger.info("resuming from %s", found)
+        else:
+            logger.info("resume_from_checkpoint=latest: no checkpoint in %s yet, starting from step 0", output_dir)
+        return found
     if not os.path.isdir(resume):
-        raise FileNotFoundError(f"resume_from_checkpoint: no checkpoint folder {resume}")
+        raise ConfigError(f"train.resume_from_checkpoint: no checkpoint folder {resume}")
+    logger.info("resuming from %s", resume)
     return resume
 
 

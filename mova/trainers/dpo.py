@@ -127,7 +127,9 @@ def load_policy(cfg: RunConfig) -> tuple[torch.nn.Module, Any, bool]:
     if not cfg.init_from:
         model, processor = build_model(cfg.model, load_weights=True)
         return model, processor, True
-    path = Path(cfg.init_from)
+    from mova.model.checkpoints import resolve_checkpoint
+
+    path = Path(resolve_checkpoint(cfg.init_from, "init_from"))
     config_file = path / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "mova":
         model, processor = load_pretrained(str(path))

@@ -7,6 +7,7 @@ hands everything to :class:`~mova.trainers.base.MovaTrainer`.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +100,6 @@ def zero_stage(deepspeed: str | None) -> int:
     """The ZeRO stage of a DeepSpeed JSON (0 without one)."""
     if not deepspeed:
         return 0
-    import json
-
     return int(json.loads(Path(deepspeed).read_text()).get("zero_optimization", {}).get("stage", 0))
 
 
@@ -166,21 +165,18 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
         raise ConfigError("data.data_path is required")
     set_seed(cfg.train.seed)
     if cfg.init_from:
-        model, processor = load_pretrained(cfg.init_from)
+        model, processor = load_pretrained(cfg.init_from, what="init_from")
     else:
         model, processor = build_model(cfg.model, load_weights=True)
     trainable = configure_trainable(model, spec, cfg)
     template = cfg.data.template or spec.default_template or model.config.template
     records = read_records(cfg.data.data_path)
-    dropped = 0
-    if spec.drop_text_only:
-        kept = [r for r in records if not isinstance(r, dict) or r.get("image") is not None]
-        dropped = len(records) - len(kept)
-        if dropped:
-            logger.info("%s: leaving out %d text-only record(s): nothing trains on them", cfg.stage, dropped)
-        records = kept
     cache = open_feature_cache(cfg.data.feature_cache, model) if cfg.data.feature_cache else None
-    dataset = LlavaDataset(records, processor, cfg.data, template, feature_cache=cache)
+    dataset = LlavaDataset(records, processor, cfg.data, template, feature_cache=cache,
+                           leave_out_text_only=spec.drop_text_only)
+    if dataset.text_only_left_out:
+        logger.info("%s: leaving out %d text-only record(s): nothing trains on them", cfg.stage,
+                    dataset.text_only_left_out)
     args = training_arguments(cfg)
     trainer = MovaTrainer(
         model=model,
@@ -191,8 +187,6 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
         group_by_modality_length=cfg.data.group_by_modality_length,
     )
     resume = resolve_resume(args.output_dir, cfg.train.resume_from_checkpoint)
-    if resume:
-        logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     final = Path(args.output_dir) / "final"
     if cfg.train.lora.r > 0 and cfg.train.lora.merge and spec.train_llm:
@@ -200,7 +194,7 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         processor.save_pretrained(final)
-    data = {**dataset_summary(dataset), "text_only_left_out": dropped}
+    data = dataset_summary(dataset)
     if data["skipped"]:
         logger.warning("%d record(s) skipped: %s", data["skipped"], data["skipped_by_reason"])
     return write_report(trainer, args.output_dir, {"stage": cfg.stage, "template": template, "data": data,

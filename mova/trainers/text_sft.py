@@ -182,8 +182,6 @@ def train_prompt_answer(model: Any, tokenizer: Any, records: Sequence[dict[str, 
                                 max_nonfinite_in_a_row=train_cfg.max_nonfinite_in_a_row,
                                 group_by_modality_length=False, callbacks=callbacks)
     resume = resolve_resume(str(out_dir), train_cfg.resume_from_checkpoint)
-    if resume:
-        logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     if train_cfg.lora.r > 0:
         _remove_lora(model, wrapped, train_cfg, out_dir)
