@@ -29,25 +29,23 @@ import torch
 from mova.config import TrainConfig
 from mova.continual.config import ContinualConfig
 from mova.data.trace import TraceTask, read_split
-from mova.errors import ConfigError, UnknownNameError
+from mova.errors import ConfigError
+from mova.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES: dict[str, type[Strategy]] = {}
+STRATEGIES: Registry[type[Strategy]] = Registry("continual strategy")
 
 
 def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     def wrap(cls: type[Strategy]) -> type[Strategy]:
         cls.name = name
-        STRATEGIES[name] = cls
-        return cls
+        return STRATEGIES.register(name, cls)
 
     return wrap
 
 
 def build_strategy(name: str, cfg: ContinualConfig, tasks: list[TraceTask], run_dir: Path) -> Strategy:
-    if name not in STRATEGIES:
-        raise UnknownNameError("continual strategy", name, STRATEGIES)
     return STRATEGIES[name](cfg, tasks, run_dir)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mova.errors import ConfigError, UnknownNameError
+from mova.registry import Registry
 
 IMAGE_PLACEHOLDER = "<image>"
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -45,15 +46,8 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 Renderer = Callable[[list[dict[str, str]], bool, Any], list[Segment]]
-TEMPLATES: dict[str, Renderer] = {}
-
-
-def register_template(name: str) -> Callable[[Renderer], Renderer]:
-    def wrap(fn: Renderer) -> Renderer:
-        TEMPLATES[name] = fn
-        return fn
-
-    return wrap
+TEMPLATES: Registry[Renderer] = Registry("chat template")
+register_template = TEMPLATES.register
 
 
 @register_template("plain")

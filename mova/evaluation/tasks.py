@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mova.errors import ConfigError
+from mova.registry import Registry
 
 
 @dataclass
@@ -72,7 +73,7 @@ class TaskContext:
 TaskFn = Callable[[TaskContext], dict[str, float]]
 
 #: name -> (help line, task function)
-EVAL_TASKS: dict[str, tuple[str, TaskFn]] = {}
+EVAL_TASKS: Registry[tuple[str, TaskFn]] = Registry("evaluation task")
 
 #: modules whose import registers tasks; a module that is not installed or not written yet is skipped.
 TASK_MODULES: list[str] = ["mova.evaluation.vqa_task", "mova.evaluation.safety_task", "mova.evaluation.gsm8k",
@@ -83,7 +84,7 @@ def register_task(name: str, help_text: str) -> Callable[[TaskFn], TaskFn]:
     """Decorator: add an evaluation task to :data:`EVAL_TASKS`."""
 
     def wrap(fn: TaskFn) -> TaskFn:
-        EVAL_TASKS[name] = (help_text, fn)
+        EVAL_TASKS.register(name, (help_text, fn), replace=True)
         return fn
 
     return wrap

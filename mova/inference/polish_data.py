@@ -29,6 +29,7 @@ from typing import Any
 
 from mova.data.jsonio import read_json_records
 from mova.errors import DataError, UnknownNameError
+from mova.registry import Registry
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "data" / "polish_prompts"
 
@@ -52,12 +53,12 @@ class Problem:
 Parser = Callable[[Mapping[str, Any], int], Problem]
 
 #: format name -> (detector(record) -> bool, parser(record, index) -> Problem)
-PROBLEM_FORMATS: dict[str, tuple[Callable[[Mapping[str, Any]], bool], Parser]] = {}
+PROBLEM_FORMATS: Registry[tuple[Callable[[Mapping[str, Any]], bool], Parser]] = Registry("problem format")
 
 
 def register_problem_format(name: str, detect: Callable[[Mapping[str, Any]], bool]) -> Callable[[Parser], Parser]:
     def wrap(fn: Parser) -> Parser:
-        PROBLEM_FORMATS[name] = (detect, fn)
+        PROBLEM_FORMATS.register(name, (detect, fn))
         return fn
 
     return wrap

@@ -31,22 +31,14 @@ import math
 import re
 from collections.abc import Callable
 
-from mova.errors import UnknownNameError
+from mova.registry import Registry
 
 Extractor = Callable[[str], "str | None"]
 
 #: mode name -> extractor(text) -> answer string or None.
-ANSWER_EXTRACTORS: dict[str, Extractor] = {}
-
-
-def register_extractor(name: str) -> Callable[[Extractor], Extractor]:
-    """Decorator: add an answer extractor under ``name`` (usable as ``extract_answer(text, mode=name)``)."""
-
-    def wrap(fn: Extractor) -> Extractor:
-        ANSWER_EXTRACTORS[name] = fn
-        return fn
-
-    return wrap
+ANSWER_EXTRACTORS: Registry[Extractor] = Registry("answer extraction mode")
+#: decorator: add an answer extractor under a name (usable as ``extract_answer(text, mode=name)``).
+register_extractor = ANSWER_EXTRACTORS.register
 
 
 def extract_answer(text: str, mode: str = "gsm8k") -> str | None:
@@ -55,11 +47,8 @@ def extract_answer(text: str, mode: str = "gsm8k") -> str | None:
     An unknown ``mode`` is a programming/config error and raises :class:`~mova.errors.UnknownNameError`;
     a non-string ``text`` (e.g. ``None`` from a failed generation) gives ``None``.
     """
-    if mode not in ANSWER_EXTRACTORS:
-        raise UnknownNameError("answer extraction mode", mode, ANSWER_EXTRACTORS)
-    if not isinstance(text, str):
-        return None
-    return ANSWER_EXTRACTORS[mode](text)
+    extractor = ANSWER_EXTRACTORS[mode]
+    return extractor(text) if isinstance(text, str) else None
 
 
 # --- number normalisation ----------------------------------------------------------------------------

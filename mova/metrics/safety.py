@@ -33,7 +33,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from mova.errors import ConfigError, UnknownNameError
+from mova.errors import ConfigError
+from mova.registry import Registry
 
 LABELS = ("safe", "unsafe", "unknown")
 OUTCOMES = ("win", "tie", "lose", "unknown")
@@ -108,7 +109,7 @@ class Judge:
         return {"name": self.name}
 
 
-JUDGES: dict[str, type[Judge]] = {}
+JUDGES: Registry[type[Judge]] = Registry("judge")
 
 
 def register_judge(name: str) -> Callable[[type[Judge]], type[Judge]]:
@@ -116,16 +117,14 @@ def register_judge(name: str) -> Callable[[type[Judge]], type[Judge]]:
 
     def wrap(cls: type[Judge]) -> type[Judge]:
         cls.name = name
-        JUDGES[name] = cls
-        return cls
+        return JUDGES.register(name, cls)
 
     return wrap
 
 
 def build_judge(name: str, **options: Any) -> Judge:
     """The judge registered as ``name``, built with ``options`` (e.g. ``path=``, ``threshold=``)."""
-    if name not in JUDGES:
-        raise UnknownNameError("judge", name, JUDGES)
+    JUDGES[name]  # an unknown name raises, listing the judges
     try:
         return JUDGES[name](**options)
     except TypeError as e:  # an option the judge does not take: name it

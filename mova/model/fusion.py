@@ -14,7 +14,6 @@ sees exactly the words), and they follow the pixel blocks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +23,7 @@ from torch import nn
 from mova.config import FusionConfig
 from mova.errors import UnknownNameError
 from mova.model.layout import BlockSpec, VisualLayout
+from mova.registry import Registry
 
 
 @dataclass
@@ -89,15 +89,8 @@ class FusionNetwork(nn.Module):
         return VisualTokens(embeds=torch.cat(per_image, dim=0), lengths=lengths)
 
 
-FUSION_REGISTRY: dict[str, type[FusionNetwork]] = {}
-
-
-def register_fusion(name: str) -> Callable[[type[FusionNetwork]], type[FusionNetwork]]:
-    def wrap(cls: type[FusionNetwork]) -> type[FusionNetwork]:
-        FUSION_REGISTRY[name] = cls
-        return cls
-
-    return wrap
+FUSION_REGISTRY: Registry[type[FusionNetwork]] = Registry("fusion type")
+register_fusion = FUSION_REGISTRY.register
 
 
 @register_fusion("mlp")

@@ -28,20 +28,13 @@ from collections.abc import Callable
 import torch
 
 from mova.errors import UnknownNameError
+from mova.registry import Registry
 
 SchemeFn = Callable[[int, int], torch.Tensor]
 
-POSITION_SCHEMES: dict[str, SchemeFn] = {}
-
-
-def register_scheme(name: str) -> Callable[[SchemeFn], SchemeFn]:
-    """Register a function ``(h, w) -> LongTensor[h * w]`` of local offsets under ``name``."""
-
-    def wrap(fn: SchemeFn) -> SchemeFn:
-        POSITION_SCHEMES[name] = fn
-        return fn
-
-    return wrap
+#: name -> a function ``(h, w) -> LongTensor[h * w]`` of local position offsets.
+POSITION_SCHEMES: Registry[SchemeFn] = Registry("position scheme")
+register_scheme = POSITION_SCHEMES.register
 
 
 @register_scheme("full")

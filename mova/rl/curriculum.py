@@ -46,7 +46,8 @@ from typing import Any
 
 from mova.config import register_section
 from mova.data.reasoning import ReasoningRecord
-from mova.errors import ConfigError, DataError, UnknownNameError
+from mova.errors import ConfigError, DataError
+from mova.registry import Registry
 
 KINDS = ("cot", "program")
 
@@ -283,16 +284,14 @@ class StagedSchedule(Schedule):
 
 
 #: schedule name -> class; ``build_schedule(name, states, **options)`` passes the options to it.
-SCHEDULES: dict[str, type[Schedule]] = {"mixed": MixedSchedule, "staged": StagedSchedule, "none": PlainSchedule}
-
-
-def register_schedule(name: str, cls: type[Schedule]) -> None:
-    SCHEDULES[name] = cls
+SCHEDULES: Registry[type[Schedule]] = Registry("curriculum schedule")
+register_schedule = SCHEDULES.register
+for _name, _cls in (("mixed", MixedSchedule), ("staged", StagedSchedule), ("none", PlainSchedule)):
+    register_schedule(_name, _cls)
 
 
 def build_schedule(name: str, states_by_record: Sequence[Sequence[StartState]], **options: Any) -> Schedule:
-    if name not in SCHEDULES:
-        raise UnknownNameError("curriculum schedule", name, SCHEDULES)
+    SCHEDULES[name]  # an unknown name raises, listing the schedules
     try:
         return SCHEDULES[name](states_by_record, **options)
     except TypeError as e:

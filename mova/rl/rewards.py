@@ -14,10 +14,11 @@ Trainers look functions up by name from their config (``ppo.reward_fn: contains_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from mova.errors import ConfigError
+from mova.registry import Registry
 
 
 class RewardFn(Protocol):
@@ -25,26 +26,14 @@ class RewardFn(Protocol):
         ...
 
 
-REWARD_FUNCTIONS: dict[str, RewardFn] = {}
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: add a reward function under ``name``."""
-
-    def wrap(fn: RewardFn) -> RewardFn:
-        if name in REWARD_FUNCTIONS and REWARD_FUNCTIONS[name] is not fn:
-            raise ConfigError(f"reward function {name!r} is registered twice")
-        REWARD_FUNCTIONS[name] = fn
-        return fn
-
-    return wrap
+REWARD_FUNCTIONS: Registry[RewardFn] = Registry("reward function")
+#: decorator: add a reward function under a name (a second, different function under it is refused).
+register_reward = REWARD_FUNCTIONS.register
 
 
 def get_reward(name: str) -> RewardFn:
     """The reward function registered as ``name`` (modules that define rewards are imported first)."""
     _import_reward_modules()
-    if name not in REWARD_FUNCTIONS:
-        raise ConfigError(f"unknown reward function {name!r}; registered: {sorted(REWARD_FUNCTIONS)}")
     return REWARD_FUNCTIONS[name]
 
 

@@ -28,18 +28,15 @@ import torch
 import torch.nn.functional as F
 
 from mova.errors import ConfigError, UnknownNameError
+from mova.registry import Registry
 
 LossFn = Callable[[torch.Tensor, float, float], torch.Tensor]
-DPO_LOSSES: dict[str, LossFn] = {}
+DPO_LOSSES: Registry[LossFn] = Registry("DPO loss type")
 #: loss types whose log-probs are always per-token means (see the module docstring).
 LENGTH_NORMALISED = {"ipo"}
 
 
-def register_dpo_loss(name: str) -> Callable[[LossFn], LossFn]:
-    def deco(fn: LossFn) -> LossFn:
-        DPO_LOSSES[name] = fn
-        return fn
-    return deco
+register_dpo_loss = DPO_LOSSES.register
 
 
 @register_dpo_loss("sigmoid")

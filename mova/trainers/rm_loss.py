@@ -33,18 +33,15 @@ import torch
 import torch.nn.functional as F
 
 from mova.errors import ConfigError, UnknownNameError
+from mova.registry import Registry
 
 PairLossFn = Callable[[torch.Tensor, torch.Tensor | None, float], torch.Tensor]
-RM_LOSSES: dict[str, PairLossFn] = {}
+RM_LOSSES: Registry[PairLossFn] = Registry("reward-model loss")
 #: losses that cannot run without each pair's preference strength.
 NEEDS_STRENGTH = {"soft_negative"}
 
 
-def register_rm_loss(name: str) -> Callable[[PairLossFn], PairLossFn]:
-    def deco(fn: PairLossFn) -> PairLossFn:
-        RM_LOSSES[name] = fn
-        return fn
-    return deco
+register_rm_loss = RM_LOSSES.register
 
 
 @register_rm_loss("bt")

@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from mova.config import ExpertConfig
-from mova.errors import UnknownNameError
+from mova.registry import Registry
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
@@ -104,21 +104,18 @@ class VisualExpert(nn.Module):
         return super().train(mode and not self.cfg.frozen)
 
 
-EXPERT_REGISTRY: dict[str, type[VisualExpert]] = {}
+EXPERT_REGISTRY: Registry[type[VisualExpert]] = Registry("expert family")
 
 
 def register_expert(cls: type[VisualExpert]) -> type[VisualExpert]:
     """Class decorator: make ``cls`` buildable by its ``family`` name."""
-    EXPERT_REGISTRY[cls.family] = cls
-    return cls
+    return EXPERT_REGISTRY.register(cls.family, cls)
 
 
 def expert_class(family: str) -> type[VisualExpert]:
     # Importing the package registers the built-in families.
     import mova.model.experts  # noqa: F401
 
-    if family not in EXPERT_REGISTRY:
-        raise UnknownNameError("expert family", family, EXPERT_REGISTRY)
     return EXPERT_REGISTRY[family]
 
 
