@@ -9,17 +9,6 @@ class MovaError(Exception):
     """Base class of Mova's own errors."""
 
 
-class UnknownNameError(MovaError, KeyError):
-    """A registry lookup failed; the message lists what is registered."""
-
-    def __init__(self, kind: str, name: str, known: Iterable[str]):
-        self.kind, self.name, self.known = kind, name, sorted(known)
-        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(self.known)}")
-
-    def __str__(self) -> str:  # KeyError would otherwise quote the message
-        return self.args[0]
-
-
 class ImageLoadError(MovaError, ValueError):
     """An image file is missing, unreadable or corrupt."""
 
@@ -34,6 +23,18 @@ class SequenceTooLongError(MovaError, ValueError):
 
 class ConfigError(MovaError, ValueError):
     """A configuration value is invalid."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A registry lookup failed (a config named something that does not exist); the message lists what is
+    registered. Both a :class:`ConfigError` and a ``KeyError`` (it is a failed lookup)."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(self.known)}")
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
 
 
 class DataError(MovaError, ValueError):
