@@ -125,15 +125,16 @@ def run_trl(root: Path, steps: int) -> dict[str, Any]:
 
 
 def run_mova_text(root: Path, steps: int, reference: str) -> dict[str, Any]:
-    from mova.config import DataConfig, DpoConfig, RunConfig, TrainConfig
+    from mova.config import DataConfig, RunConfig, TrainConfig
     from mova.trainers import dpo as dpo_mod
+    from mova.trainers.dpo_config import DpoConfig
 
     cfg = RunConfig(stage="dpo", init_from=str(root / "llama"),
                     data=DataConfig(data_path=str(root / "pairs.jsonl"), group_by_modality_length=False),
                     train=TrainConfig(output_dir=str(root / f"mova-{reference}"), max_steps=steps,
                                       per_device_train_batch_size=BATCH, learning_rate=1e-5, save_steps=0,
                                       logging_steps=steps, report_to=[], warmup_ratio=0.0),
-                    dpo=DpoConfig(reference=reference))
+                    sections={"dpo": DpoConfig(reference=reference)})
     with Peak() as peak:
         t0 = time.perf_counter()
         summary = dpo_mod.run_dpo(cfg)
@@ -148,10 +149,10 @@ def run_vlm(root: Path, steps: int, encoding: str) -> dict[str, Any]:
     import torch
     from train_throughput import model_config
 
-    from mova.config import DpoConfig
     from mova.data.pairs import PairEncoder
     from mova.model.builder import build_model
     from mova.trainers.dpo import pair_collator
+    from mova.trainers.dpo_config import DpoConfig
     from mova.trainers.dpo_loss import dpo_loss
     from tests.conftest import random_image
 

@@ -76,7 +76,6 @@ def vlm_setup(root: Path) -> tuple[Path, Path, Path]:
 
 
 def run(overrides: list[str]) -> dict:
-    import mova.trainers.ppo_config  # noqa: F401
     from mova.config import load_run_config
     from mova.trainers.ppo import run_ppo
 

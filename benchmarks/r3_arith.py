@@ -59,8 +59,6 @@ def evaluate(model_dir: Path, data: Path, out: Path, limit: int | None) -> float
 
 def rl(schedule: str, policy: Path, data: Path, out: Path, iterations: int, batch: int, seed: int, lr: float,
        kl: float) -> dict:
-    import mova.rl.curriculum  # noqa: F401
-    import mova.trainers.ppo_config  # noqa: F401
     from mova.config import load_run_config
     from mova.trainers.r3 import run_r3
 

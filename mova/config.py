@@ -7,14 +7,37 @@ A model config names its visual experts, its fusion network and its LLM. It is p
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, Literal, TypeVar, get_type_hints
 
 import yaml
 
 from mova.errors import ConfigError
+
+
+def bounded(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None, choices: Any = None, **kw: Any) -> Any:
+    """A dataclass field whose value :func:`from_dict` checks against a range and/or a set of choices.
+
+    ``choices`` is a collection, or a function returning one (looked up when a value is checked, so a
+    library's own list -- transformers' scheduler names -- is used without importing it here). Prefer a
+    ``Literal[...]`` type hint for a fixed, short list.
+    """
+    meta = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("choices", choices)) if v is not None}
+    if "default_factory" in kw:
+        return field(metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+def _scheduler_types() -> list[str]:
+    from transformers import SchedulerType
+
+    return [t.value for t in SchedulerType]
 
 
 @dataclass
@@ -39,11 +62,11 @@ class ExpertConfig:
     final_norm: bool = False
     use_cls: bool = False
     #: k x k average pooling of the patch grid before fusion (1: none).
-    pool: int = 1
+    pool: int = bounded(1, ge=1)
     position_scheme: str = "full"
     frozen: bool = True
     #: ``ocr_text`` only: at most this many word-piece tokens per image.
-    max_tokens: int = 64
+    max_tokens: int = bounded(64, ge=1)
     #: extra keyword arguments for the family's model constructor.
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -64,9 +87,9 @@ class FusionConfig:
     """
 
     type: str = "mlp"
-    num_queries: int = 32
-    num_layers: int = 2
-    num_heads: int = 4
+    num_queries: int = bounded(32, ge=1)
+    num_layers: int = bounded(2, ge=1)
+    num_heads: int = bounded(4, ge=1)
     hidden_size: int | None = None  # q-former width; defaults to the LLM width
     #: position scheme of the q-former's output tokens (seen as a 1 x num_queries grid).
     position_scheme: str = "full"
@@ -90,8 +113,8 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     template: str = "vicuna_v1"
-    dtype: str = "float32"
-    attn_implementation: str = "sdpa"
+    dtype: Literal["float32", "fp32", "bfloat16", "bf16", "float16", "fp16"] = "float32"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = "sdpa"
 
     def __post_init__(self) -> None:
         names = [e.name for e in self.experts]
@@ -109,7 +132,7 @@ class DataConfig:
     #: chat template; ``None`` means the stage's default (``plain`` for align, the model's for sft).
     template: str | None = None
     #: longest sample in tokens (visual tokens included); ``None``: only the LLM's context limits.
-    max_length: int | None = None
+    max_length: int | None = bounded(None, ge=1)
     skip_bad_records: bool = False
     #: open every image once before training (catches unreadable files early; costs a pass over images).
     verify_images: bool = True
@@ -120,7 +143,24 @@ class DataConfig:
     #: batch size then counts samples per packed batch.
     packing: bool = False
     #: longest packed row in tokens (a longer sample still gets a row of its own).
-    packing_max_tokens: int = 4096
+    packing_max_tokens: int = bounded(4096, ge=1)
+
+    # --- which part of the source (SPA-VL and other hub sources; ``limit`` applies to every source) ---
+    #: SPA-VL config and split (default / train; validation / validation).
+    spavl_config: str = "default"
+    split: str | None = None
+    #: keep only rows whose SPA-VL harm classes are among these (empty: all).
+    class1: list[str] = field(default_factory=list)
+    class2: list[str] = field(default_factory=list)
+    class3: list[str] = field(default_factory=list)
+    #: use only the first N records (after filtering).
+    limit: int | None = bounded(None, ge=1)
+
+    # --- held-out data, scored after (or during) training: a file or a SPA-VL source ---
+    eval_data_path: str | None = None
+    eval_spavl_config: str = "validation"
+    eval_split: str | None = None
+    eval_limit: int | None = bounded(None, ge=1)
 
 
 
@@ -128,9 +168,9 @@ class DataConfig:
 class LoraConfig:
     """LoRA through peft for the LLM in ``sft``; ``r: 0`` means full fine-tuning."""
 
-    r: int = 0
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = bounded(0, ge=0)
+    alpha: int = bounded(16, gt=0)
+    dropout: float = bounded(0.05, ge=0, lt=1)
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     #: merge the adapters into the LLM when saving the final model.
     merge: bool = True
@@ -141,155 +181,221 @@ class TrainConfig:
     """Optimisation, checkpointing and reporting; names follow transformers' TrainingArguments."""
 
     output_dir: str = "runs/tiny"
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
-    max_grad_norm: float = 1.0
+    num_train_epochs: float = bounded(1.0, ge=0)
+    #: -1: train for num_train_epochs instead.
+    max_steps: int = bounded(-1, ge=-1)
+    per_device_train_batch_size: int = bounded(8, ge=1)
+    gradient_accumulation_steps: int = bounded(1, ge=1)
+    learning_rate: float = bounded(1e-3, ge=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    #: any of transformers' scheduler types (linear, cosine, constant, constant_with_warmup, ...).
+    lr_scheduler_type: str = bounded("cosine", choices=_scheduler_types)
+    warmup_ratio: float = bounded(0.03, ge=0, lt=1)
+    max_grad_norm: float = bounded(1.0, ge=0)
     seed: int = 0
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    save_steps: int = 500
+    logging_steps: int = bounded(10, ge=1)
+    #: 0: no intermediate checkpoints (the final model is always saved).
+    save_steps: int = bounded(500, ge=0)
     #: keep the last N checkpoints.
-    save_total_limit: int = 2
+    save_total_limit: int = bounded(2, ge=1)
     #: ``latest`` (the newest complete checkpoint in output_dir), a checkpoint path, or null.
     resume_from_checkpoint: str | None = None
     #: a DeepSpeed JSON config (scripts/zero2.json, zero3.json, zero3_offload.json).
     deepspeed: str | None = None
     #: ``tensorboard`` by default; add ``wandb`` to log there too; ``[]`` logs nowhere.
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: int = bounded(0, ge=0)
     #: stop after this many non-finite (NaN/inf) losses in a row; each one's step is skipped.
-    max_nonfinite_in_a_row: int = 5
+    max_nonfinite_in_a_row: int = bounded(5, ge=1)
     #: names of experts to train too (they are frozen otherwise).
     unfreeze_experts: list[str] = field(default_factory=list)
     lora: LoraConfig = field(default_factory=LoraConfig)
     use_cpu: bool = False
 
 
-@dataclass
-class DpoConfig:
-    """Preference optimisation (``mova train dpo``); ``data.data_path`` names the pairs.
+#: The method sections a stage recipe may carry (``dpo:``, ``ppo:``, ...), each read into the config
+#: dataclass that lives beside its trainer. Named here as ``module:class`` and imported only when a recipe
+#: uses the section, so loading a recipe needs no import side effect and this module imports no trainer.
+SECTIONS: dict[str, str] = {
+    "dpo": "mova.trainers.dpo_config:DpoConfig",
+    "rm": "mova.trainers.rm_config:RmConfig",
+    "ppo": "mova.trainers.ppo_config:PpoConfig",
+    "curriculum": "mova.trainers.r3_config:CurriculumConfig",
+    "sandbox": "mova.rl.sandbox:SandboxConfig",
+}
 
-    ``data.data_path`` is a SPA-VL source (the hub id ``sqrti/SPA-VL`` or a local folder with its
-    parquet layout) or a JSONL file of text pairs.
-    """
+#: Keys that moved, so an old recipe is told where its key went.
+MOVED: dict[str, str] = {
+    **{f"{section}.{key}": f"data.{key}" for section in ("dpo", "rm", "ppo")
+       for key in ("spavl_config", "split", "class1", "class2", "class3", "limit")},
+    **{f"rm.{key}": f"data.{key}" for key in ("eval_data_path", "eval_spavl_config", "eval_split", "eval_limit")},
+}
 
-    beta: float = 0.1
-    #: sigmoid (DPO) | robust | hinge | ipo (mova.trainers.dpo_loss).
-    loss_type: str = "sigmoid"
-    #: sigmoid: conservative (cDPO) smoothing; robust: the assumed rate of flipped labels.
-    label_smoothing: float = 0.0
-    #: score responses by mean token log-prob instead of the sum (ipo always does).
-    length_normalize: bool = False
-    #: weight of an added negative log-likelihood of the chosen response, per token (RPO; TRL's rpo_alpha):
-    #: keeps the chosen answers likely while their margin over the rejected ones grows. 0: plain DPO.
-    rpo_alpha: float = 0.0
-    #: copy (a frozen copy of the start model) | adapters_off (LoRA base, no second copy) |
-    #: precomputed (reference log-probs computed in one pass before training).
-    reference: str = "copy"
-    #: shared (prompt and image encoded once per pair, responses packed as a tree) | padded.
-    pair_encoding: str = "shared"
-    #: longest packed row in tokens for pair_encoding=shared (a longer pair gets a row of its own).
-    #: Attention under a dense tree mask costs the square of the row length, so short rows of one or two
-    #: pairs are fastest: 8 pairs of ~385 tokens, 4-layer width-256 Llama, CPU fwd+bwd: rows of 512
-    #: 2.33 s, of 1024 3.31 s, one row of 3083 4.22 s, the padded [chosen; rejected] batch 4.28 s.
-    max_tokens_per_row: int = 512
-    #: train the fusion network too (the LLM always trains, fully or through LoRA).
-    train_fusion: bool = False
-    #: SPA-VL config and split (default / train; validation / validation).
-    spavl_config: str = "default"
-    split: str | None = None
-    class1: list[str] = field(default_factory=list)
-    class2: list[str] = field(default_factory=list)
-    class3: list[str] = field(default_factory=list)
-    #: use only the first N pairs (after filtering).
-    limit: int | None = None
+
+def section_class(name: str) -> type:
+    """The dataclass of method section ``name`` (imported on first use)."""
+    if name not in SECTIONS:
+        raise ConfigError(f"no config section {name!r}; known: {sorted(SECTIONS)}")
+    module, _, attr = SECTIONS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass
 class RunConfig:
-    """One training stage: the model (a config, or ``init_from`` a saved checkpoint), data, training."""
+    """One training stage: the model (a config, or ``init_from`` a saved checkpoint), data, training, and the
+    method's own section (``cfg.dpo``, ``cfg.ppo``, ... -- see :data:`SECTIONS`)."""
 
     stage: str = "align"
     model: ModelConfig = field(default_factory=ModelConfig)
-    #: a saved Mova checkpoint to start from (e.g. the align stage's ``final`` folder).
+    #: a saved model to start from: a Mova checkpoint (e.g. the align stage's ``final`` folder), or a causal
+    #: LM folder / hub id for the text methods.
     init_from: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    dpo: DpoConfig = field(default_factory=DpoConfig)
-    #: sections registered by other trainers (:func:`register_section`), typed, by name.
+    #: the method sections present in the recipe, by name (others read as their defaults).
     sections: dict[str, Any] = field(default_factory=dict)
 
     def section(self, name: str) -> Any:
-        """The registered section ``name`` (its defaults when the YAML has none)."""
+        """Method section ``name`` (its defaults when the recipe has none)."""
         if name not in self.sections:
-            if name not in SECTIONS:
-                raise ConfigError(f"no config section {name!r}; registered: {sorted(SECTIONS)}")
-            self.sections[name] = SECTIONS[name]()
+            self.sections[name] = section_class(name)()
         return self.sections[name]
 
-
-#: Top-level YAML sections that trainers add to a stage recipe (``rm:``, ``ppo:``, ...): name -> dataclass.
-SECTIONS: dict[str, type] = {}
-
-
-def register_section(name: str, cls: type) -> None:
-    """Let stage recipes carry a ``name:`` mapping read into dataclass ``cls`` (``RunConfig.section(name)``).
-
-    A trainer registers its own options here so that the shared run config (model, data, train) does not
-    grow a field per method.
-    """
-    reserved = {f.name for f in dataclasses.fields(RunConfig)}
-    if name in reserved:
-        raise ConfigError(f"config section name {name!r} is taken by RunConfig")
-    SECTIONS[name] = cls
+    def __getattr__(self, name: str) -> Any:
+        # ``cfg.dpo`` reads like a field for every method section, without RunConfig naming them all.
+        if name in SECTIONS:
+            return self.section(name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
 
 T = TypeVar("T")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from a nested dict, naming the unknown key if there is one."""
+    """Build dataclass ``cls`` from a nested dict, checking every value against its field's type hint (and
+    :func:`bounded` ranges and choices); an error names the key, the bad value and what is allowed."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(known)}")
+        moved = [f"{where}.{k} is now {MOVED[f'{where}.{k}']}" for k in unknown if f"{where}.{k}" in MOVED]
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}"
+                          + (f" ({'; '.join(moved)})" if moved else f"; known: {sorted(fields)}"))
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        hint = hints[key]
         sub = f"{where}.{key}" if where else key
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = value if isinstance(value, hint) else from_dict(hint, value or {}, sub)
-        elif key == "experts":
-            kwargs[key] = [e if isinstance(e, ExpertConfig) else from_dict(ExpertConfig, e, f"{sub}[{i}]")
-                           for i, e in enumerate(value or [])]
-        else:
-            kwargs[key] = _coerce_number(hint, value, sub)
-    return cls(**kwargs)
+        kwargs[key] = check_value(hints[key], value, sub)
+        _check_bounds(fields[key].metadata, kwargs[key], sub)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where or cls.__name__}: {e}") from e
 
 
-def _coerce_number(hint: Any, value: Any, where: str) -> Any:
-    """YAML 1.1 reads ``5e-3`` (no dot) as a string; a float field takes it as the number it means."""
-    if isinstance(value, str) and hint in (float, float | None, "float", "float | None"):
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+def _describe(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin in (list, tuple):
+        return f"a list of {_describe(typing.get_args(hint)[0])}" if typing.get_args(hint) else "a list"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_value(hint: Any, value: Any, where: str) -> Any:
+    """``value`` checked (and where harmless, converted) against type hint ``hint``; raises ConfigError."""
+    if hint is Any:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return check_value(arg, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in args)}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else from_dict(hint, value or {}, where)
+    if origin in (list, tuple) or hint in (list, tuple):
+        if isinstance(value, str) and args and args[0] is str:
+            value = [value]  # ``report_to=wandb`` means ``[wandb]``
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected {_describe(hint)}, got {value!r}")
+        item = args[0] if args else Any
+        items = [check_value(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple or hint is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads ``5e-3`` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # ``output_dir: 2024`` is a name
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
     return value
 
 
+def _check_bounds(meta: Any, value: Any, where: str) -> None:
+    if value is None or not meta:
+        return
+    choices = meta.get("choices")
+    if choices is not None:
+        allowed = list(choices() if callable(choices) else choices)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+    for key, ok, text in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                          ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
+        if key in meta and not ok(value, meta[key]):
+            raise ConfigError(f"{where}: must be {text} {meta[key]}, got {value!r}")
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
+    """A config as plain data; a :class:`RunConfig`'s method sections sit at the top level, as in a recipe, so
+    the dict a run reports can be written back as a recipe and loaded again."""
+    data = dataclasses.asdict(obj)
+    if isinstance(obj, RunConfig):
+        data.update(data.pop("sections"))
+    return data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -371,13 +477,17 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
             data["model"] = loaded.get("model", loaded)
             model_base = model_file.resolve().parent
     data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
-    sections = {name: from_dict(SECTIONS[name], data.pop(name) or {}, name) for name in list(data)
+    sections = {name: from_dict(section_class(name), data.pop(name) or {}, name) for name in list(data)
                 if name in SECTIONS}
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(RunConfig)} - {"sections"})
+    if unknown:
+        raise ConfigError(f"{path or 'run config'}: unknown top-level key(s) {unknown}; known: "
+                          f"{sorted({'stage', 'model', 'init_from', 'data', 'train', *SECTIONS})}")
     cfg = from_dict(RunConfig, data, "run")
     cfg.sections.update(sections)
     _resolve_relative(cfg.model, model_base)
     if path:
-        for attr in ("data_path", "image_folder", "feature_cache"):
+        for attr in ("data_path", "image_folder", "feature_cache", "eval_data_path"):
             value = getattr(cfg.data, attr)
             if value and not Path(value).is_absolute() and (base / value).exists():
                 setattr(cfg.data, attr, str(base / value))

@@ -125,10 +125,10 @@ def train_and_evaluate(demo: DemoConfig, variant: str, model_cfg: ModelConfig | 
 
 def dpo_and_safety(demo: DemoConfig, sft_model: str, root: Path) -> dict[str, Any]:
     """DPO on the mini SPA-VL from ``sft_model``; safety evaluation before and after; returns both results."""
-    from mova.config import DpoConfig
     from mova.data.spavl_mini import write_spavl_mini
     from mova.evaluation.safety import evaluate_safety
     from mova.trainers.dpo import run_dpo
+    from mova.trainers.dpo_config import DpoConfig
 
     t0 = time.perf_counter()
     data = write_spavl_mini(root / "spavl-mini", seed=demo.seed)
@@ -142,8 +142,8 @@ def dpo_and_safety(demo: DemoConfig, sft_model: str, root: Path) -> dict[str, An
                           per_device_train_batch_size=demo.dpo_batch_size, learning_rate=demo.dpo_lr,
                           warmup_ratio=0.05, logging_steps=10, save_steps=0, seed=demo.seed,
                           report_to=["tensorboard"]),
-        dpo=DpoConfig(beta=demo.dpo_beta, rpo_alpha=demo.dpo_rpo_alpha, train_fusion=demo.dpo_train_fusion,
-                      max_tokens_per_row=512),
+        sections={"dpo": DpoConfig(beta=demo.dpo_beta, rpo_alpha=demo.dpo_rpo_alpha,
+                                   train_fusion=demo.dpo_train_fusion, max_tokens_per_row=512)},
     )
     summary = run_dpo(cfg)
     after = evaluate_safety(summary["final_model"], str(data), out_dir=root / "safety-dpo", name="after dpo",

@@ -8,7 +8,6 @@ from mova.cli import register_train_stage
 
 
 def _run_ppo(config: str | None, overrides: list[str]) -> dict[str, Any]:
-    import mova.trainers.ppo_config  # noqa: F401  (registers the ppo: section before the recipe is read)
     from mova.config import load_run_config
     from mova.trainers.ppo import run_ppo
 

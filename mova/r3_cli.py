@@ -8,8 +8,6 @@ from mova.cli import register_train_stage
 
 
 def _run_r3(config: str | None, overrides: list[str]) -> dict[str, Any]:
-    import mova.rl.curriculum  # noqa: F401  (registers the curriculum: section)
-    import mova.trainers.ppo_config  # noqa: F401  (registers the ppo: section)
     from mova.config import load_run_config
     from mova.trainers.r3 import run_r3
 

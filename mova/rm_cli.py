@@ -36,7 +36,6 @@ def _strength_args(p: argparse.ArgumentParser) -> None:
 
 
 def _strength_run(args: argparse.Namespace) -> int:
-    import mova.trainers.rm  # noqa: F401  (registers the rm: config section)
     from mova.config import load_run_config
     from mova.rl.strength import compute_strength
 

@@ -13,7 +13,6 @@ from mova.data.arith_mini import MAX_VALUE, generate, write_arith_mini
 from mova.data.reasoning import ReasoningRecord, load_reasoning, parse_rows
 from mova.errors import ConfigError, DataError, UnknownNameError
 from mova.rl.curriculum import (
-    CurriculumConfig,
     build_schedule,
     build_start_states,
     schedule_from_config,
@@ -21,6 +20,7 @@ from mova.rl.curriculum import (
     split_steps,
     start_states,
 )
+from mova.trainers.r3_config import CurriculumConfig
 
 GSM8K_ROW = {"question": "Mia has 4 bags of 6 apples. She eats 5. How many are left?",
              "answer": "She has 4 * 6 = <<4*6=24>>24 apples.\nAfter eating, 24 - 5 = <<24-5=19>>19 remain.\n#### 19"}

@@ -91,7 +91,7 @@ def _vlm_pairs() -> list[Pair]:
 
 def _naive_logps(model, processor, pair: Pair, response: str) -> float:
     """Score one prompt+response sequence on its own, through the processor and the model's own positions."""
-    from mova.data.templates import render
+    from mova.model.templates import render
 
     segs = render(model.config.template, [*pair.prompt, {"from": "gpt", "value": response}], processor.tokenizer)
     prompt_text = "".join(s.text for s in segs[:-1])

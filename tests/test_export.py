@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from mova.cli import main
-from mova.data.templates import render_text
+from mova.model.templates import render_text
 from mova.export.bundle import BundleError, build_bundle
 from mova.export.chat_template import JINJA_TEMPLATES
 from mova.export.errors import ExportError

@@ -15,7 +15,7 @@ from mova.data.llava import (
     MovaCollator,
     read_records,
 )
-from mova.data.templates import render
+from mova.model.templates import render
 from mova.model.builder import build_mova_config, load_tokenizer
 from mova.model.processing_mova import MovaProcessor
 from tests.conftest import tiny_model_config

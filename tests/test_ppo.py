@@ -10,7 +10,6 @@ import pytest
 import torch
 import yaml
 
-import mova.trainers.ppo_config  # noqa: F401  (registers the ppo: section)
 from mova.config import load_run_config
 from mova.errors import ConfigError
 from mova.rl import rewards

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import mova.rl.curriculum  # noqa: F401  (registers the curriculum: section)
-import mova.trainers.ppo_config  # noqa: F401  (registers the ppo: section)
 from mova.config import load_run_config
 from mova.data.arith_mini import write_arith_mini
 from mova.rl.toy_task import tiny_text_lm

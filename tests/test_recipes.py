@@ -6,9 +6,6 @@ from pathlib import Path
 
 import pytest
 
-import mova.rl.curriculum  # noqa: F401  (the sections stage recipes may carry: curriculum:, ppo:, rm:)
-import mova.trainers.ppo_config  # noqa: F401
-import mova.trainers.rm  # noqa: F401
 from mova.cli import TRAIN_STAGES, _register_plugins
 from mova.config import load_run_config
 from mova.trainers.dpo import check_reference

@@ -203,7 +203,7 @@ def test_save_load_roundtrip_and_score_texts(text_rm, tmp_path):
 
 # --- the reward model on a Mova VLM ---------------------------------------------------------------------
 def test_vlm_pair_scores_equal_scoring_each_sequence_alone():
-    from mova.data.templates import render
+    from mova.model.templates import render
 
     torch.manual_seed(0)
     model, processor = build_model(tiny_model_config(), load_weights=False)

@@ -54,7 +54,7 @@ def test_text_rm_reaches_high_held_out_accuracy_on_separable_prefs(synth, tmp_pa
     torch.manual_seed(0)
     untrained = RewardModel.from_backbone(AutoModelForCausalLM.from_pretrained(root / "lm"))
     before = _accuracy(untrained, tok, test)
-    summary = _run(root, train, tmp_path / "run", "train.max_steps=24", f"rm.eval_data_path={test}")
+    summary = _run(root, train, tmp_path / "run", "train.max_steps=24", f"data.eval_data_path={test}")
     assert summary["eval"]["accuracy"] >= 0.95 > before + 0.2
     metrics = {"rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"}
     assert metrics <= set(summary["last_metrics"])
@@ -67,7 +67,7 @@ def test_strength_columns_equal_direct_scoring_and_drive_flip_margin_and_aux_los
     from mova.rl.strength import compute_strength
 
     root, train, _ = synth
-    cfg = load_run_config(None, [f"init_from={root / 'lm'}", f"data.data_path={train}", "rm.limit=16",
+    cfg = load_run_config(None, [f"init_from={root / 'lm'}", f"data.data_path={train}", "data.limit=16",
                                  "train.max_steps=2", "train.per_device_train_batch_size=8", "train.save_steps=0",
                                  "train.report_to=[]", "train.learning_rate=3e-3", "data.template=raw"], stage="rm")
     res = compute_strength(cfg, 2, tmp_path / "strength")
@@ -90,12 +90,12 @@ def test_strength_columns_equal_direct_scoring_and_drive_flip_margin_and_aux_los
     assert annotated[3]["strength_mean"] == pytest.approx(out[3]["strength_mean"])
     # The annotated file's columns drive flipping (exactly the weakest 25%), the margin and soft labels;
     # SwAV and the LM loss run alongside.
-    summary = _run(root, Path(res["annotated_data"]), tmp_path / "flip", "train.max_steps=2", "rm.limit=16",
+    summary = _run(root, Path(res["annotated_data"]), tmp_path / "flip", "train.max_steps=2", "data.limit=16",
                    "rm.flip_fraction=0.25", "rm.margin_scale=1.0", "rm.loss=soft_negative", "rm.label_smoothing=0.2",
                    "rm.contrastive=swav", "rm.swav_prototypes=4", "rm.lm_loss_weight=0.5")
     assert summary["flipped_pairs"] == 4
     assert {"loss/swav", "nll/chosen", "loss/preference"} <= set(summary["last_metrics"])
-    summary = _run(root, train, tmp_path / "simcse", "train.max_steps=1", "rm.limit=16", "rm.contrastive=simcse",
+    summary = _run(root, train, tmp_path / "simcse", "train.max_steps=1", "data.limit=16", "rm.contrastive=simcse",
                    f"rm.strength_path={res['strength_path']}", "rm.flip_fraction=0.5")
     assert summary["flipped_pairs"] == 8 and "loss/simcse" in summary["last_metrics"]
 
@@ -109,7 +109,7 @@ def test_metarm_training_path_with_policy_samples(synth, tmp_path):
     rows = [json.loads(line) for line in Path(train).read_text().splitlines()][:4]
     meta = sample_meta_set(policy, tok, [[{"from": "human", "value": r["prompt"]}] for r in rows],
                            tmp_path / "meta.jsonl", k=2, max_new_tokens=5)
-    summary = _run(root, train, tmp_path / "meta", "train.max_steps=2", "rm.limit=16", f"rm.metarm_path={meta}",
+    summary = _run(root, train, tmp_path / "meta", "train.max_steps=2", "data.limit=16", f"rm.metarm_path={meta}",
                    "rm.metarm_lr=0.05", "rm.metarm_batch_size=4")
     m = summary["last_metrics"]
     assert m["meta/difference_loss_after_ascent"] > m["meta/difference_loss"]
@@ -117,14 +117,9 @@ def test_metarm_training_path_with_policy_samples(synth, tmp_path):
 
 def _vlm_metrics_before(init: Path, data: Path, cfg) -> dict:
     """The untrained reward model's held-out metrics (same data and layout as the run's evaluation)."""
+    from mova.data.preference import load_pair_source
     from mova.model.builder import load_pretrained
-    from mova.trainers.rm import (
-        build_pair_dataset,
-        load_pair_source,
-        pair_collator,
-        preference_metrics,
-        score_pair_dataset,
-    )
+    from mova.trainers.rm import build_pair_dataset, pair_collator, preference_metrics, score_pair_dataset
 
     model, processor = load_pretrained(str(init))
     torch.manual_seed(0)
@@ -148,7 +143,7 @@ def test_vlm_rm_on_the_mini_spavl(tmp_path):
                                  f"train.output_dir={tmp_path / 'run'}", "train.max_steps=12",
                                  "train.per_device_train_batch_size=8", "train.learning_rate=3e-3",
                                  "train.save_steps=0", "train.logging_steps=1", "train.report_to=[]",
-                                 "train.warmup_ratio=0.0", f"rm.eval_data_path={data}", "rm.train_fusion=true"],
+                                 "train.warmup_ratio=0.0", f"data.eval_data_path={data}", "rm.train_fusion=true"],
                           stage="rm")
     summary = run_rm(cfg)
     assert summary["data"]["pairs"] == 24 and summary["eval"]["pairs"] == 16

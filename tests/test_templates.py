@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from mova.data.templates import VICUNA_SYSTEM, render, render_text
+from mova.model.templates import VICUNA_SYSTEM, render, render_text
 from mova.errors import UnknownNameError
 from mova.presets import TINY_TOKENIZER
 

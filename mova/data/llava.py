@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from mova.config import DataConfig
 from mova.data.jsonio import read_json_records
-from mova.data.templates import IMAGE_PLACEHOLDER, normalize_messages, render
+from mova.model.templates import IMAGE_PLACEHOLDER, normalize_messages, render
 from mova.errors import ConfigError, ImageLoadError, MovaError
 from mova.model.layout import VisualLayout
 from mova.model.positions import position_ids_from_layout

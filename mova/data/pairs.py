@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mova.data.llava import concat_image_dicts, first_fit_rows, sample_position_ids
-from mova.data.templates import IMAGE_PLACEHOLDER, render
+from mova.model.templates import IMAGE_PLACEHOLDER, render
 from mova.errors import ConfigError, MovaError
 
 logger = logging.getLogger(__name__)

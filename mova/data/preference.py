@@ -33,7 +33,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mova.data.llava import resolve_image_path
-from mova.data.templates import IMAGE_PLACEHOLDER
+from mova.model.templates import IMAGE_PLACEHOLDER
 from mova.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class PreferencePair:
 
     def conversation(self, which: str = "chosen") -> list[dict[str, str]]:
         """``prompt`` followed by the chosen (or rejected) answer as a ``gpt`` turn: a LLaVA conversation
-        that :func:`mova.data.templates.render` turns into label-masked segments."""
+        that :func:`mova.model.templates.render` turns into label-masked segments."""
         if which not in ("chosen", "rejected"):
             raise ValueError(f"which must be 'chosen' or 'rejected', got {which!r}")
         return [*self.prompt, {"from": "gpt", "value": getattr(self, which)}]
@@ -764,3 +764,28 @@ def load_preferences(source: str | Path, **kwargs: Any) -> PreferenceDataset:
     if Path(source).suffix.lower() in TEXT_SUFFIXES:
         return load_text_preferences(source, **kwargs)
     return load_spavl(str(source), **kwargs)
+
+
+def load_pair_source(source: str, *, spavl_config: str = "default", split: str | None = None,
+                     class1: Sequence[str] | None = None, class2: Sequence[str] | None = None,
+                     class3: Sequence[str] | None = None, limit: int | None = None,
+                     skip_invalid: bool = False) -> PreferenceDataset:
+    """Pairs from a JSONL / JSON file of text pairs, or a SPA-VL source (hub id or local folder)."""
+    if not source:
+        raise DataError("data.data_path is required (sqrti/SPA-VL, a local SPA-VL folder, or a JSONL file)")
+    if Path(source).suffix.lower() in TEXT_SUFFIXES:
+        return load_text_preferences(source, skip_invalid=skip_invalid, limit=limit)
+    return load_spavl(source, spavl_config, split, class1=class1 or None, class2=class2 or None,
+                      class3=class3 or None, limit=limit, skip_invalid=skip_invalid)
+
+
+def load_pairs(data: Any, held_out: bool = False) -> PreferenceDataset:
+    """The pairs a run's ``data:`` section names (``data_path`` and its subset), or with ``held_out`` its
+    evaluation pairs (``eval_data_path``, ``eval_spavl_config`` / ``eval_split`` / ``eval_limit``): the one
+    reader DPO, reward models, their strength estimates and PPO's prompts share."""
+    if held_out:
+        return load_pair_source(data.eval_data_path, spavl_config=data.eval_spavl_config, split=data.eval_split,
+                                limit=data.eval_limit, skip_invalid=data.skip_bad_records)
+    return load_pair_source(data.data_path, spavl_config=data.spavl_config, split=data.split, class1=data.class1,
+                            class2=data.class2, class3=data.class3, limit=data.limit,
+                            skip_invalid=data.skip_bad_records)

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import torch
 
-from mova.data.templates import IMAGE_PLACEHOLDER
+from mova.model.templates import IMAGE_PLACEHOLDER
 from mova.errors import ConfigError, UnknownNameError
 from mova.inference.generation import generate_answers, is_mova_processor, load_model
 from mova.metrics.safety import JUDGES, Judge, build_judge, is_refusal

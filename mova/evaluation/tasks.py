@@ -39,7 +39,7 @@ class TaskContext:
     progress: bool = True
     #: this task's own options (``--task-option TASK.KEY=VALUE``), YAML-typed.
     options: dict[str, Any] = field(default_factory=dict)
-    #: chat template override (a name from ``mova.data.templates.TEMPLATES``); None: the model's own.
+    #: chat template override (a name from ``mova.model.templates.TEMPLATES``); None: the model's own.
     template: str | None = None
     #: this process's rank and the number of processes under ``torchrun``. Generation through
     #: :mod:`mova.inference` is sharded and merged for the task already; only rank 0 keeps its files

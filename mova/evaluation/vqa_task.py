@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mova.data.templates import IMAGE_PLACEHOLDER
+from mova.model.templates import IMAGE_PLACEHOLDER
 from mova.errors import ConfigError, DataError
 from mova.evaluation.tasks import TaskContext, register_task
 from mova.inference.backends import SamplingParams

@@ -1,4 +1,4 @@
-"""Jinja chat templates for an exported tokenizer, equal to Mova's own templates (:mod:`mova.data.templates`).
+"""Jinja chat templates for an exported tokenizer, equal to Mova's own templates (:mod:`mova.model.templates`).
 
 Mova renders conversations in Python (so that training can mask labels per turn); a released model is
 used through ``tokenizer.apply_chat_template``, which runs Jinja. Each Mova template that can be written
@@ -12,7 +12,7 @@ placeholder that the processor expands.
 
 from __future__ import annotations
 
-from mova.data.templates import IMAGE_PLACEHOLDER, VICUNA_SYSTEM
+from mova.model.templates import IMAGE_PLACEHOLDER, VICUNA_SYSTEM
 
 
 def _lit(text: str) -> str:

@@ -5,7 +5,7 @@ goes through :func:`generate_answers`, so that prompts are rendered, padded and 
 
 * the prompt is the model's chat template with the generation prompt (``ASSISTANT:`` for ``vicuna_v1``),
   rendered by :meth:`MovaProcessor.apply_chat_template` or, for a plain LM, by the tokenizer's own
-  ``chat_template`` (:mod:`mova.data.templates`);
+  ``chat_template`` (:mod:`mova.model.templates`);
 * samples are sorted by prompt length, longest first, so that a batch holds prompts of similar length
   (little padding) and an out-of-memory error shows in the first batch rather than the last; answers come
   back in input order;
@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from mova.data.templates import IMAGE_PLACEHOLDER, normalize_messages, render_text
+from mova.model.templates import IMAGE_PLACEHOLDER, normalize_messages, render_text
 from mova.errors import ConfigError, PlaceholderMismatchError
 from mova.inference.decoding import SeededSampler, StopOnStrings, truncate_at_stop
 from mova.inference.sharding import gather_shards, rank_and_world, shard, sharding_enabled
@@ -82,7 +82,7 @@ def build_prompts(processor: Any, conversations: Sequence[list[dict[str, Any]]],
     with the user's turn. A sample given images but holding no ``<image>`` placeholder gets one per image at
     the start of its first user turn (as LLaVA's evaluation does); a placeholder without an image is an
     error, never silently dropped. ``template`` overrides the model's template (a name from
-    :data:`mova.data.templates.TEMPLATES`); for a plain tokenizer the default is its own ``chat_template``.
+    :data:`mova.model.templates.TEMPLATES`); for a plain tokenizer the default is its own ``chat_template``.
     """
     images = list(images) if images is not None else [None] * len(conversations)
     if len(images) != len(conversations):

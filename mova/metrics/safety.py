@@ -389,7 +389,7 @@ class SequenceClassifierScorer:
         self.max_length, self.batch_size, self.template = max_length, batch_size, template
 
     def format(self, conversation: list[dict[str, Any]], answer: str) -> str:
-        from mova.data.templates import normalize_messages
+        from mova.model.templates import normalize_messages
 
         messages = normalize_messages(conversation)
         if self.template is None and getattr(self.tokenizer, "chat_template", None):

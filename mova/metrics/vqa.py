@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mova.data.templates import IMAGE_PLACEHOLDER
+from mova.model.templates import IMAGE_PLACEHOLDER
 from mova.inference.generation import generate_answers
 
 ARTICLES = frozenset({"a", "an", "the"})

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 
 from mova.config import ExpertConfig, ModelConfig, to_dict
-from mova.data.templates import IMAGE_PLACEHOLDER
+from mova.model.templates import IMAGE_PLACEHOLDER
 from mova.errors import ConfigError
 from mova.model.experts import build_expert
 from mova.model.modeling_mova import MovaConfig, MovaForCausalLM

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
-from mova.data.templates import IMAGE_PLACEHOLDER, render_text
+from mova.model.templates import IMAGE_PLACEHOLDER, render_text
 from mova.errors import ImageLoadError, PlaceholderMismatchError, SequenceTooLongError
 from mova.model.experts import build_expert
 from mova.model.experts.base import to_rgb

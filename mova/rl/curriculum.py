@@ -33,7 +33,7 @@ generates from ``state.prompt`` and scores with ``state.answer``), ``current_poo
 ``update(mean_reward, step) -> bool`` (True when the stage advanced), ``metrics() -> dict`` (for the
 logger: ``curriculum/stage``, ``curriculum/pool_size``, ``curriculum/mean_k``), ``state_dict()`` /
 ``load_state_dict(d)`` (plain JSON-able dicts, for resume: the order is rebuilt from seed and epoch).
-:class:`CurriculumConfig` (config section ``curriculum``) carries the options in a stage YAML.
+:class:`~mova.trainers.r3_config.CurriculumConfig` (config section ``curriculum``) carries the options in a stage YAML.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mova.config import register_section
 from mova.data.reasoning import ReasoningRecord
 from mova.errors import ConfigError, DataError
 from mova.registry import Registry
@@ -298,34 +297,9 @@ def build_schedule(name: str, states_by_record: Sequence[Sequence[StartState]], 
         raise ConfigError(f"curriculum schedule {name!r}: bad options {sorted(options)} ({e})") from e
 
 
-@dataclass
-class CurriculumConfig:
-    """The ``curriculum:`` section of an R3 recipe."""
-
-    #: mixed (R3's released setting) | staged | none (plain PPO: k = 0 only)
-    schedule: str = "mixed"
-    #: cot | program
-    kind: str = "cot"
-    seed: int = 0
-    #: staged: advance when the mean reward of the last ``window`` updates reaches this
-    threshold: float = 0.7
-    window: int = 1
-    #: staged: or after this many updates in a stage (null: no budget)
-    stage_steps: int | None = None
-    #: prompt template with {question} (null: the kind's default)
-    prompt: str | None = None
-
-    def schedule_options(self) -> dict[str, Any]:
-        if self.schedule == "staged":
-            return {"seed": self.seed, "threshold": self.threshold, "window": self.window,
-                    "stage_steps": self.stage_steps}
-        return {"seed": self.seed}
-
-
-def schedule_from_config(config: CurriculumConfig, records: Sequence[ReasoningRecord]) -> Schedule:
-    """Start states of ``records`` and the configured schedule over them."""
+def schedule_from_config(config: Any, records: Sequence[ReasoningRecord]) -> Schedule:
+    """Start states of ``records`` and the schedule an R3 recipe's ``curriculum:`` section names (a
+    :class:`~mova.trainers.r3_config.CurriculumConfig`)."""
     states = build_start_states(records, config.kind, config.prompt)
     return build_schedule(config.schedule, states, **config.schedule_options())
 
-
-register_section("curriculum", CurriculumConfig)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mova.data.jsonio import read_json_records
-from mova.data.templates import normalize_messages
+from mova.model.templates import normalize_messages
 from mova.errors import DataError
 
 

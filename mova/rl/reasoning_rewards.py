@@ -28,7 +28,6 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from mova.config import register_section
 from mova.errors import ConfigError
 from mova.metrics.answers import extract_answer, normalize_number, numbers_match
 from mova.rl.rewards import register_reward
@@ -144,10 +143,6 @@ def join_program(prompt: str, completion: str, entry: str = "solution") -> str:
 
 #: the sandbox limits ``program_cot`` uses; replace with :func:`set_program_sandbox` (e.g. from a config).
 PROGRAM_SANDBOX = SandboxConfig(timeout_s=5.0, cpu_seconds=5)
-
-
-#: a stage YAML may carry the limits as a ``sandbox:`` section (``RunConfig.section("sandbox")``).
-register_section("sandbox", SandboxConfig)
 
 
 def set_program_sandbox(config: SandboxConfig) -> None:

@@ -135,21 +135,15 @@ def compute_strength(cfg: RunConfig, num_models: int, out_dir: str | Path, batch
     (:func:`holdout_folds`) and a pair's strength comes only from models that never trained on it.
     Returns a summary with the output paths.
     """
+    from mova.data.preference import load_pairs
     from mova.rl.reward_model import load_reward_model
-    from mova.trainers.rm import (
-        build_pair_dataset,
-        load_pair_source,
-        pair_collator,
-        run_rm,
-        score_pair_dataset,
-    )
+    from mova.trainers.rm import build_pair_dataset, pair_collator, run_rm, score_pair_dataset
 
     if num_models < 2:
         raise ConfigError(f"preference strength needs at least 2 reward models, got {num_models}")
     out_dir = Path(out_dir)
     opts = cfg.section("rm")
-    pairs = load_pair_source(cfg.data.data_path, spavl_config=opts.spavl_config, split=opts.split,
-                             class1=opts.class1, limit=opts.limit, skip_invalid=cfg.data.skip_bad_records)
+    pairs = load_pairs(cfg.data)
     diffs = torch.full((num_models, len(pairs)), float("nan"), dtype=torch.float64)
     folds = holdout_folds(len(pairs), num_models, holdout, cfg.train.seed) if holdout > 0 else None
     summaries = []
@@ -157,7 +151,7 @@ def compute_strength(cfg: RunConfig, num_models: int, out_dir: str | Path, batch
         sub = copy.deepcopy(cfg)
         sub_opts = sub.section("rm")
         sub_opts.loss, sub_opts.flip_fraction, sub_opts.margin_scale, sub_opts.strength_path = "bt", 0.0, 0.0, None
-        sub_opts.eval_data_path = None
+        sub.data.eval_data_path = None
         sub.train.seed = cfg.train.seed + m
         sub.train.output_dir = str(out_dir / f"model-{m}")
         summary = run_rm(sub, folds[m] if folds is not None else None)

@@ -31,6 +31,7 @@ from transformers import set_seed
 
 from mova.config import RunConfig, to_dict
 from mova.data.pairs import PaddedPairCollator, PairDataset, PairEncoder, SharedPromptCollator, response_logps
+from mova.data.preference import load_pairs
 from mova.errors import ConfigError, UnknownNameError
 from mova.trainers.base import MovaTrainer, resolve_resume, write_report
 from mova.trainers.dpo_loss import check_loss_options, dpo_loss
@@ -185,21 +186,6 @@ def precompute_reference(model: torch.nn.Module, dataset: PairDataset, collator:
     return ref_c, ref_r
 
 
-def load_pairs(cfg: RunConfig) -> Any:
-    """Pairs from ``data.data_path``: a JSONL / JSON file of text pairs, or SPA-VL (hub id or local folder)."""
-    from mova.data.preference import load_spavl, load_text_preferences
-
-    source = cfg.data.data_path
-    if not source:
-        raise ConfigError("data.data_path is required (sqrti/SPA-VL, a local SPA-VL folder, or a JSONL file)")
-    skip = cfg.data.skip_bad_records
-    if source.endswith((".jsonl", ".json")):
-        return load_text_preferences(source, skip_invalid=skip, limit=cfg.dpo.limit)
-    d = cfg.dpo
-    return load_spavl(source, d.spavl_config, d.split, class1=d.class1 or None, class2=d.class2 or None,
-                      class3=d.class3 or None, limit=d.limit, skip_invalid=skip)
-
-
 def run_dpo(cfg: RunConfig) -> dict[str, Any]:
     """Train with DPO end to end; returns the run summary (also written to ``output_dir``)."""
     from mova.trainers.stages import training_arguments
@@ -214,7 +200,7 @@ def run_dpo(cfg: RunConfig) -> dict[str, Any]:
     model, trainable = configure_policy(model, cfg, is_mova)
     template = cfg.data.template or (model.config.template if is_mova else
                                      ("tokenizer" if getattr(processor, "chat_template", None) else "raw"))
-    pairs = load_pairs(cfg)
+    pairs = load_pairs(cfg.data)
     encoder = PairEncoder(processor, template, max_length=cfg.data.max_length)
     dataset = PairDataset(pairs, encoder, skip_invalid=cfg.data.skip_bad_records)
     tokenizer = processor.tokenizer if is_mova else processor

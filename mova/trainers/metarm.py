@@ -111,7 +111,7 @@ class MetaSet:
 def load_meta_set(path: str | Path, encoder: PairEncoder) -> MetaSet:
     """A meta set JSONL (see the module docstring); images resolve against the file's folder."""
     from mova.data.llava import resolve_image_path
-    from mova.data.templates import IMAGE_PLACEHOLDER
+    from mova.model.templates import IMAGE_PLACEHOLDER
 
     path = Path(path)
     if not path.is_file():

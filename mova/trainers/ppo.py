@@ -171,8 +171,8 @@ class PpoTrainer:
         """The prompt pool (``data.data_path``: JSONL prompts or SPA-VL)."""
         cfg = self.cfg
         spavl = {} if Path(cfg.data.data_path).suffix in (".jsonl", ".json") else \
-            {"config": self.ppo.spavl_config, "split": self.ppo.split}
-        return load_prompts(cfg.data.data_path, cfg.data.image_folder, self.ppo.limit, **spavl)
+            {"config": cfg.data.spavl_config, "split": cfg.data.split}
+        return load_prompts(cfg.data.data_path, cfg.data.image_folder, cfg.data.limit, **spavl)
 
     def on_iteration_end(self, metrics: dict[str, float]) -> None:
         """Called with each iteration's metrics before they are logged (add to them in place)."""

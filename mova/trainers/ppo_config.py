@@ -14,9 +14,9 @@ algorithm: clipped surrogate, GAE and an unclipped value loss, with none of the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from mova.config import register_section
+from mova.config import bounded
 from mova.errors import ConfigError
 
 
@@ -25,7 +25,7 @@ class PpoConfig:
     """Options of ``mova train ppo``; ``data.data_path`` names the prompts (JSONL or SPA-VL)."""
 
     #: ppo_max | vanilla | null: fills the options this section leaves unset.
-    preset: str | None = None
+    preset: Literal["ppo_max", "vanilla"] | None = None
 
     # --- rewards ---
     #: a reward-model folder (``mova train rm``), or null to score with ``reward_fn``.
@@ -37,20 +37,20 @@ class PpoConfig:
     #: token-level KL penalty coefficient (0: none; the KL is still measured).
     kl_coef: float | None = None
     #: k1 (log-ratio) | k2 | k3 (unbiased and non-negative) for the penalty.
-    kl_estimator: str = "k1"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     #: none | scale (divide by the running std) | normalize (subtract the running mean too).
-    score_norm: str | None = None
+    score_norm: Literal["none", "scale", "normalize"] | None = None
     #: clip the (normalised) score to [-score_clip, score_clip]; null: no clip.
     score_clip: float | None = None
 
     # --- advantages ---
-    gamma: float = 1.0
-    lam: float = 0.95
+    gamma: float = bounded(1.0, ge=0, le=1)
+    lam: float = bounded(0.95, ge=0, le=1)
     whiten_advantages: bool | None = None
     advantage_clip: float | None = None
 
     # --- losses ---
-    cliprange: float = 0.2
+    cliprange: float = bounded(0.2, gt=0)
     #: value-loss clipping range around the rollout's values; null: unclipped.
     cliprange_value: float | None = None
     #: use a clipped value loss (the value of cliprange_value, 0.2 when unset).
@@ -64,14 +64,14 @@ class PpoConfig:
 
     # --- the loop ---
     #: prompts per iteration over all processes.
-    rollout_batch_size: int = 16
+    rollout_batch_size: int = bounded(16, ge=1)
     #: rows per optimizer step over all processes.
-    mini_batch_size: int = 8
+    mini_batch_size: int = bounded(8, ge=1)
     ppo_epochs: int | None = None
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    max_new_tokens: int = bounded(32, ge=1)
+    temperature: float = bounded(1.0, ge=0)
+    top_p: float = bounded(1.0, gt=0, le=1)
+    top_k: int = bounded(0, ge=0)
     #: iterations at the start that train only the critic (the policy does not move).
     critic_pretrain_iterations: int | None = None
     #: global gradient-norm clipping for policy and critic; null: ``train.max_grad_norm``; 0: off.
@@ -81,12 +81,12 @@ class PpoConfig:
 
     # --- models and memory ---
     #: separate (a critic model of its own) | shared (a value head on the policy's trunk).
-    critic: str = "separate"
+    critic: Literal["separate", "shared"] = "separate"
     #: reward_model (copy the reward model, head included) | policy (the policy's backbone, head at 0).
-    critic_init: str | None = None
+    critic_init: Literal["reward_model", "policy"] | None = None
     critic_learning_rate: float | None = None
     #: copy (a frozen copy of the start policy) | adapters_off (LoRA: the base weights, no copy).
-    reference: str = "copy"
+    reference: Literal["copy", "adapters_off"] = "copy"
     #: keep the reference and reward model on CPU outside their scoring passes.
     offload_frozen: bool = False
     #: train the Mova fusion network too (the LLM trains, fully or through LoRA).
@@ -97,11 +97,6 @@ class PpoConfig:
     collapse_kl: float = 10.0
     #: warn when perplexity or response length leave [1/ratio, ratio] times their first value.
     collapse_ratio: float = 3.0
-
-    # --- prompts ---
-    spavl_config: str = "default"
-    split: str | None = None
-    limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -148,4 +143,4 @@ FALLBACK: dict[str, Any] = {"kl_coef": 0.05, "score_norm": "none", "whiten_advan
                             "clip_value_loss": True, "critic_init": "reward_model", "critic_pretrain_iterations": 0,
                             "ppo_epochs": 1}
 
-register_section("ppo", PpoConfig)
+

@@ -9,8 +9,9 @@ reward (the ``staged`` schedule advances on it). ``curriculum.schedule: none`` k
 plain outcome-reward PPO on the same data: the baseline from the same command.
 
 Recipe: ``data.data_path`` is reasoning data (GSM8K-format JSONL, a folder with ``train.jsonl``, or a
-hub dataset), the ``curriculum:`` section picks the schedule and CoT kind, the ``ppo:`` section the
-optimiser.
+hub dataset; ``data.split`` / ``data.limit`` pick the rows), the ``curriculum:`` section picks the schedule
+and CoT kind, the ``ppo:`` section the optimiser, and an optional ``sandbox:`` section the limits of the
+programs a ``kind: program`` policy writes.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any
 
 from mova.data.reasoning import load_reasoning
 from mova.errors import ConfigError
-from mova.rl.curriculum import CurriculumConfig, Schedule, schedule_from_config
+from mova.rl.curriculum import Schedule, schedule_from_config
 from mova.rl.prompts import PromptRecord
 from mova.trainers.ppo import PpoTrainer
+from mova.trainers.r3_config import CurriculumConfig
 
 #: the reward used for each CoT kind when ``ppo.reward_fn`` is not set.
 DEFAULT_REWARDS = {"cot": "gsm8k_cot", "program": "program_cot"}
@@ -37,12 +39,16 @@ class R3Trainer(PpoTrainer):
             if kind not in DEFAULT_REWARDS:
                 raise ConfigError(f"curriculum.kind must be one of {sorted(DEFAULT_REWARDS)}, got {kind!r}")
             ppo.reward_fn = DEFAULT_REWARDS[kind]
+        if "sandbox" in cfg.sections:  # the recipe's limits for the programs the policy writes (kind: program)
+            from mova.rl.reasoning_rewards import set_program_sandbox
+
+            set_program_sandbox(cfg.sections["sandbox"])
         super().__init__(cfg)
 
     def load_records(self) -> list[PromptRecord]:
         cur: CurriculumConfig = self.cfg.section("curriculum")
-        self.reasoning = load_reasoning(self.cfg.data.data_path, split=self.ppo.split or "train",
-                                        limit=self.ppo.limit)
+        self.reasoning = load_reasoning(self.cfg.data.data_path, split=self.cfg.data.split or "train",
+                                        limit=self.cfg.data.limit)
         self.schedule: Schedule = schedule_from_config(cur, self.reasoning)
         # PromptRecords only size an epoch for the base class; prompts come from the schedule.
         return [PromptRecord(id=r.id, messages=[], text=r.question) for r in self.reasoning]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,70 +26,19 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from mova.config import RunConfig, register_section, to_dict
+from mova.config import RunConfig, to_dict
 from mova.data.pairs import PaddedPairCollator, PairDataset, PairEncoder, SharedPromptCollator
+from mova.data.preference import load_pairs
 from mova.errors import ConfigError, UnknownNameError
 from mova.rl.engine import unwrap
 from mova.rl.reward_model import RewardModel, pair_scores
 from mova.trainers.base import MovaTrainer, resolve_resume, write_report
+from mova.trainers.rm_config import RmConfig
 from mova.trainers.rm_loss import CONTRASTIVE, check_rm_loss_options, rm_loss, simcse_loss, swav_loss, weakest_pairs
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RmConfig:
-    """Reward-model options (the ``rm:`` section of a stage YAML); ``data.data_path`` names the pairs."""
-
-    #: bt | label_smoothing | soft_negative (mova.trainers.rm_loss).
-    loss: str = "bt"
-    #: a in -(1-a) log p - a log(1-p): for label_smoothing (every pair) and soft_negative (negative strength).
-    label_smoothing: float = 0.0
-    #: adaptive margin: the loss sees r_c - r_r - margin_scale * strength_mean. 0: no margin.
-    margin_scale: float = 0.0
-    #: swap chosen and rejected of this fraction of the pairs, the ones of lowest strength, before training.
-    flip_fraction: float = 0.0
-    #: a JSONL written by `mova rm-strength` (strength_mean / strength_std per pair); without it the pairs'
-    #: own strength_mean column (text JSONL) is used when present.
-    strength_path: str | None = None
-    #: weight of the mean per-token NLL of the chosen responses (keeps the backbone a language model). 0: off.
-    lm_loss_weight: float = 0.0
-    #: none | simcse | swav: a contrastive loss on reward-model features, with this weight.
-    contrastive: str = "none"
-    contrastive_weight: float = 0.1
-    #: difference (h_chosen - h_rejected per pair) | response (every response's last-token feature).
-    contrastive_features: str = "difference"
-    #: the two views are two dropout masks on the features (one backbone pass).
-    contrastive_dropout: float = 0.1
-    contrastive_temperature: float = 0.1
-    swav_prototypes: int = 16
-    swav_epsilon: float = 0.05
-    swav_iterations: int = 3
-    #: MetaRM: a JSONL of {"prompt", "responses": [k policy samples], "image"?}; the ascent step runs every
-    #: ``metarm_every`` steps on ``metarm_batch_size`` prompts with step size ``metarm_lr``.
-    metarm_path: str | None = None
-    metarm_lr: float = 1e-3
-    metarm_every: int = 1
-    metarm_batch_size: int = 4
-    #: shared (prompt and image once per pair, a tree) | padded ([prompt+chosen; prompt+rejected]).
-    pair_encoding: str = "shared"
-    max_tokens_per_row: int = 512
-    #: Mova: train the fusion network too (the LLM always trains, fully or through LoRA; the head always).
-    train_fusion: bool = False
-    #: SPA-VL config / split / class filter / first-N limit for data.data_path.
-    spavl_config: str = "default"
-    split: str | None = None
-    class1: list[str] = field(default_factory=list)
-    limit: int | None = None
-    #: held-out pairs scored after training (accuracy, margin): a JSONL or a SPA-VL source.
-    eval_data_path: str | None = None
-    eval_spavl_config: str = "validation"
-    eval_split: str | None = None
-    eval_limit: int | None = None
-    eval_batch_size: int = 16
-
-
-register_section("rm", RmConfig)
 
 PAIR_ENCODINGS = {"shared": SharedPromptCollator, "padded": PaddedPairCollator}
 FEATURES = ("difference", "response")
@@ -154,18 +102,6 @@ class PairView:
     def summary(self) -> dict[str, Any]:
         base = self.pairs.summary() if hasattr(self.pairs, "summary") else {}
         return {**base, "flipped": len(self.flipped), "used": len(self.positions)}
-
-
-def load_pair_source(source: str, *, spavl_config: str = "default", split: str | None = None,
-                     class1: list[str] | None = None, limit: int | None = None, skip_invalid: bool = False) -> Any:
-    """Pairs from a JSONL / JSON file of text pairs, or a SPA-VL source (hub id or local folder)."""
-    from mova.data.preference import load_spavl, load_text_preferences
-
-    if not source:
-        raise ConfigError("data.data_path is required (sqrti/SPA-VL, a local SPA-VL folder, or a JSONL file)")
-    if source.endswith((".jsonl", ".json")):
-        return load_text_preferences(source, skip_invalid=skip_invalid, limit=limit)
-    return load_spavl(source, spavl_config, split, class1=class1 or None, limit=limit, skip_invalid=skip_invalid)
 
 
 def pair_strength(cfg: RunConfig, pairs: Any) -> torch.Tensor | None:
@@ -337,8 +273,7 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
         raise ConfigError("reward-model training supports ZeRO-2 (scripts/zero2.json), not ZeRO-3: the final "
                           "save writes the head and backbone from full weights")
     set_seed(cfg.train.seed)
-    pairs = load_pair_source(cfg.data.data_path, spavl_config=opts.spavl_config, split=opts.split,
-                             class1=opts.class1, limit=opts.limit, skip_invalid=cfg.data.skip_bad_records)
+    pairs = load_pairs(cfg.data)
     strength_all = pair_strength(cfg, pairs)
     check_rm_config(opts, strength_all is not None)
     flipped: list[int] = []
@@ -387,10 +322,8 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         model.save_pretrained(final, processor, extra={"template": template})
-    if opts.eval_data_path:
-        eval_pairs = load_pair_source(opts.eval_data_path, spavl_config=opts.eval_spavl_config,
-                                      split=opts.eval_split, limit=opts.eval_limit,
-                                      skip_invalid=cfg.data.skip_bad_records)
+    if cfg.data.eval_data_path:
+        eval_pairs = load_pairs(cfg.data, held_out=True)
         eval_ds = build_pair_dataset(cfg, processor, is_mova, eval_pairs, template)
         r_c, r_r = score_pair_dataset(model, eval_ds, collator, opts.eval_batch_size, args.device,
                                       progress=trainer.is_world_process_zero())

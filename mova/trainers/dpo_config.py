@@ -1,0 +1,46 @@
+"""Options of ``mova train dpo`` (the ``dpo:`` section of a stage recipe); which pairs to read is ``data:``'s.
+
+``data.data_path`` is a SPA-VL source (the hub id ``sqrti/SPA-VL`` or a local folder with its parquet
+layout, subset by ``data.spavl_config`` / ``split`` / ``class1..3`` / ``limit``) or a JSONL file of text
+pairs ``{"prompt", "chosen", "rejected"}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mova.config import bounded
+
+
+def _loss_types() -> list[str]:
+    from mova.trainers.dpo_loss import DPO_LOSSES
+
+    return sorted(DPO_LOSSES)
+
+
+@dataclass
+class DpoConfig:
+    """Preference optimisation of a Mova VLM or a plain causal LM."""
+
+    beta: float = bounded(0.1, gt=0)
+    #: sigmoid (DPO) | robust | hinge | ipo (mova.trainers.dpo_loss).
+    loss_type: str = bounded("sigmoid", choices=_loss_types)
+    #: sigmoid: conservative (cDPO) smoothing; robust: the assumed rate of flipped labels.
+    label_smoothing: float = bounded(0.0, ge=0, lt=0.5)
+    #: score responses by mean token log-prob instead of the sum (ipo always does).
+    length_normalize: bool = False
+    #: weight of an added negative log-likelihood of the chosen response, per token (RPO; TRL's rpo_alpha):
+    #: keeps the chosen answers likely while their margin over the rejected ones grows. 0: plain DPO.
+    rpo_alpha: float = bounded(0.0, ge=0)
+    #: copy (a frozen copy of the start model) | adapters_off (LoRA base, no second copy) |
+    #: precomputed (reference log-probs computed in one pass before training).
+    reference: Literal["copy", "adapters_off", "precomputed"] = "copy"
+    #: shared (prompt and image encoded once per pair, responses packed as a tree) | padded.
+    pair_encoding: Literal["shared", "padded"] = "shared"
+    #: longest packed row in tokens for pair_encoding=shared (a longer pair gets a row of its own). Attention
+    #: under a dense tree mask costs the square of the row length, so short rows of one or two pairs are the
+    #: fastest (`python benchmarks/dpo.py --only rows` measures the trade-off).
+    max_tokens_per_row: int = bounded(512, ge=16)
+    #: train the fusion network too (the LLM always trains, fully or through LoRA).
+    train_fusion: bool = False
