@@ -15,13 +15,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from mova.cli import main
-from mova.model.templates import render_text
 from mova.export.bundle import BundleError, build_bundle
 from mova.export.chat_template import JINJA_TEMPLATES
 from mova.export.errors import ExportError
 from mova.export.verify import verify_export
 from mova.model.builder import build_model, load_pretrained
 from mova.model.modeling_mova import MovaForCausalLM
+from mova.model.templates import render_text
 from mova.presets import TINY_TOKENIZER
 from tests.conftest import random_image, tiny_model_config
 

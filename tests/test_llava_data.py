@@ -15,9 +15,9 @@ from mova.data.llava import (
     MovaCollator,
     read_records,
 )
-from mova.model.templates import render
 from mova.model.builder import build_mova_config, load_tokenizer
 from mova.model.processing_mova import MovaProcessor
+from mova.model.templates import render
 from tests.conftest import tiny_model_config
 from tests.llava_fixtures import write_llava_dataset
 

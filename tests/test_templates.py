@@ -3,8 +3,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from mova.model.templates import VICUNA_SYSTEM, render, render_text
 from mova.errors import UnknownNameError
+from mova.model.templates import VICUNA_SYSTEM, render, render_text
 from mova.presets import TINY_TOKENIZER
 
 CONV = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A red circle."}]

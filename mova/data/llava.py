@@ -23,11 +23,9 @@ from tqdm.auto import tqdm
 
 from mova.config import DataConfig
 from mova.data.jsonio import read_json_records
-from mova.model.templates import IMAGE_PLACEHOLDER, normalize_messages, render
 from mova.errors import ConfigError, ImageLoadError, MovaError
-from mova.model.layout import VisualLayout
-from mova.model.positions import position_ids_from_layout
 from mova.model.processing_mova import MovaProcessor, load_image
+from mova.model.templates import IMAGE_PLACEHOLDER, normalize_messages, render
 
 logger = logging.getLogger(__name__)
 
@@ -224,8 +222,7 @@ class LlavaDataset(Dataset):
         segments = render(self.template, rec["conversations"], self.processor.tokenizer)
         ids, labels = self.processor.encode_segments(segments, ocr_lengths)
         input_ids = torch.tensor(ids)
-        position_ids = sample_position_ids(input_ids, self.processor.layout, self.processor.image_token_id,
-                                           ocr_lengths)
+        position_ids = self.processor.position_ids(input_ids, ocr_lengths)
         return {"input_ids": input_ids, "labels": torch.tensor(labels), "images": pixels if info.images else None,
                 "index": info.index, "position_ids": position_ids}
 
@@ -246,24 +243,6 @@ class LlavaDataset(Dataset):
             if name in self.cached and keys:
                 pixels[f"{name}.features"] = self.feature_cache.lookup(name, keys)
         return pixels, ocr_lengths
-
-
-def sample_position_ids(input_ids: torch.Tensor, layout: VisualLayout, image_token_id: int,
-                        ocr_lengths: list[tuple[int, ...]]) -> torch.Tensor:
-    """Position ids of one unpadded sample, as ``MovaForCausalLM.compute_position_ids`` gives them.
-
-    Text advances by one; image tokens take their images' layouts (compressed schemes). Computed per
-    sample so that a packed row (:class:`PackedCollator`) can restart them at 0 for each sample.
-    """
-    image = input_ids == image_token_id
-    local = torch.zeros_like(input_ids)
-    advance = torch.ones_like(input_ids)
-    vis_local, vis_advance = layout.batch(list(ocr_lengths))
-    if int(image.sum()) != vis_local.numel():
-        raise ValueError(f"{int(image.sum())} image tokens but the images make {vis_local.numel()} visual tokens")
-    local[image] = vis_local
-    advance[image] = vis_advance
-    return position_ids_from_layout(local, advance)
 
 
 @dataclass

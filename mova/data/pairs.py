@@ -26,9 +26,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mova.data.llava import concat_image_dicts, first_fit_rows, sample_position_ids
-from mova.model.templates import IMAGE_PLACEHOLDER, render
+from mova.data.llava import concat_image_dicts, first_fit_rows
 from mova.errors import ConfigError, MovaError
+from mova.model.policy import PolicyKind, policy_kind
+from mova.model.processing_text import as_processor
+from mova.model.templates import IMAGE_PLACEHOLDER, render
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +65,20 @@ class EncodedPair:
 class PairEncoder:
     """Turn :class:`~mova.data.preference.PreferencePair` records into :class:`EncodedPair` tensors.
 
-    ``processor`` is a :class:`~mova.model.processing_mova.MovaProcessor` (images allowed) or a plain
-    tokenizer (text-only models). With a template the prompt and each response are rendered as chat
-    turns and tokenized segment by segment, so the prompt's ids are exactly a prefix of both sequences.
-    With ``template="raw"`` and a plain tokenizer the texts are joined as ``prompt + response + eos`` and
-    tokenized whole, the prompt ending where the joined tokenizations diverge: the layout TRL's
-    ``DPOTrainer`` builds for non-conversational data (and what the parity test compares against).
+    ``processor`` is the model's processor (a :class:`~mova.model.processing_mova.MovaProcessor`, or a
+    :class:`~mova.model.processing_text.TextProcessor` for a text-only LM; a bare tokenizer is wrapped in one).
+    With a template the prompt and each response are rendered as chat turns and tokenized segment by segment,
+    so the prompt's ids are exactly a prefix of both sequences. With ``template="raw"`` a pair without an
+    image is joined as ``prompt + response + eos`` and tokenized whole, the prompt ending where the joined
+    tokenizations diverge: the layout TRL's ``DPOTrainer`` builds for non-conversational data (and what the
+    parity test compares against).
     """
 
     def __init__(self, processor: Any, template: str, max_length: int | None = None):
-        self.processor = processor
+        self.processor = as_processor(processor)
         self.template = template
         self.max_length = max_length
-        self.is_mova = hasattr(processor, "process_images")
-        self.tokenizer = processor.tokenizer if self.is_mova else processor
+        self.tokenizer = self.processor.tokenizer
         if template != "raw":
             render(template, [{"from": "human", "value": "x"}], self.tokenizer)  # unknown names fail here
 
@@ -86,16 +88,6 @@ class PairEncoder:
         if not segs or not segs[-1].is_target:
             raise ValueError(f"template {self.template!r} rendered no response segment")
         return segs[:-1], segs[-1]
-
-    def _raw_ids(self, prompt: list[dict[str, str]], chosen: str, rejected: str) -> tuple[list[int], ...]:
-        tok = self.tokenizer
-        text = "".join(m["value"] for m in prompt)
-        eos = tok.eos_token or ""
-        p = tok(text).input_ids
-        pc = tok(text + chosen + eos).input_ids
-        pr = tok(text + rejected + eos).input_ids
-        n = min(_common_prefix(p, pc), _common_prefix(p, pr))
-        return p[:n], pc[n:], pr[n:]
 
     def encode(self, pair: Any, index: int | None = None, *, has_image: bool | None = None) -> EncodedPair:
         """Encode one pair; errors name the pair (index and id).
@@ -111,39 +103,29 @@ class PairEncoder:
             raise BadPairError(f"pair {idx} (id {pair.id!r}): {e}") from e
 
     def _encode(self, pair: Any, index: int, text_only_image: bool | None) -> EncodedPair:
+        proc = self.processor
         prompt = [dict(m) for m in pair.prompt]
         n_placeholders = sum(m["value"].count(IMAGE_PLACEHOLDER) for m in prompt)
         has_image = pair.image is not None if text_only_image is None else text_only_image
-        if has_image and not self.is_mova:
+        if has_image and not proc.multimodal:
             raise ValueError("has an image but the model is text-only")
         if n_placeholders != int(has_image):
             raise ValueError(f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {int(has_image)} image(s)")
         images, ocr_lengths = None, []
         if has_image and text_only_image is not None:
-            ocr_lengths = [tuple(b.max_tokens for b in self.processor.layout.ocr_blocks)]
+            ocr_lengths = [tuple(b.max_tokens for b in proc.layout.ocr_blocks)]
         elif has_image:
-            images, ocr_lengths = self.processor.process_images([pair.image])
-        if self.template == "raw" and not self.is_mova:
-            p, c, r = self._raw_ids(prompt, pair.chosen, pair.rejected)
-            prompt_ids = torch.tensor(p)
-            positions = torch.arange(len(p))
+            images, ocr_lengths = proc.process_images([pair.image])
+        if self.template == "raw" and not has_image:
+            ids, (c, r) = proc.encode_joined("".join(m["value"] for m in prompt), [pair.chosen, pair.rejected])
         else:
             prompt_segs, chosen_seg = self._segments(prompt, pair.chosen)
             _, rejected_seg = self._segments(prompt, pair.rejected)
-            if self.is_mova:
-                ids, _ = self.processor.encode_segments(prompt_segs, list(ocr_lengths))
-                c, _ = self.processor.encode_segments([chosen_seg], [], add_special_tokens=False)
-                r, _ = self.processor.encode_segments([rejected_seg], [], add_special_tokens=False)
-                prompt_ids = torch.tensor(ids)
-                positions = sample_position_ids(prompt_ids, self.processor.layout, self.processor.image_token_id,
-                                                list(ocr_lengths))
-            else:
-                bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-                ids = bos + [t for s in prompt_segs for t in self.tokenizer(s.text, add_special_tokens=False).input_ids]
-                c = self.tokenizer(chosen_seg.text, add_special_tokens=False).input_ids
-                r = self.tokenizer(rejected_seg.text, add_special_tokens=False).input_ids
-                prompt_ids = torch.tensor(ids)
-                positions = torch.arange(len(ids))
+            ids, _ = proc.encode_segments(prompt_segs, list(ocr_lengths))
+            c, _ = proc.encode_segments([chosen_seg], [], add_special_tokens=False)
+            r, _ = proc.encode_segments([rejected_seg], [], add_special_tokens=False)
+        prompt_ids = torch.tensor(ids)
+        positions = proc.position_ids(prompt_ids, list(ocr_lengths))
         if not c or not r:
             raise ValueError("a response encodes to no tokens")
         enc = EncodedPair(index, prompt_ids, positions, torch.tensor(c), torch.tensor(r), images)
@@ -151,15 +133,6 @@ class PairEncoder:
         if self.max_length and longest > self.max_length:
             raise ValueError(f"too long: prompt + response = {longest} tokens > max_length {self.max_length}")
         return enc
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class PairDataset(Dataset):
@@ -328,27 +301,37 @@ class PaddedPairCollator:
         return out
 
 
+#: how a batch of pairs is laid out: ``shared`` (prompt and image once per pair, both responses as branches of
+#: a tree) or ``padded`` (``[prompt + chosen; prompt + rejected]`` rows, the layout TRL uses).
+PAIR_ENCODINGS = ("shared", "padded")
+
+
+def pair_collator(encoding: str, pad_token_id: int, max_tokens: int = 512) -> SharedPromptCollator | PaddedPairCollator:
+    """The collator of layout ``encoding`` (DPO, reward models and MetaRM share it)."""
+    if encoding not in PAIR_ENCODINGS:
+        from mova.errors import UnknownNameError
+
+        raise UnknownNameError("pair encoding", encoding, PAIR_ENCODINGS)
+    if encoding == "shared":
+        return SharedPromptCollator(pad_token_id, max_tokens)
+    return PaddedPairCollator(pad_token_id)
+
+
 SCORE_KEYS = ("score_rows", "score_pred", "score_targets", "score_owner", "pair_index")
 
 
 def response_logps(model: torch.nn.Module, batch: dict[str, Any], num_pairs: int,
-                   is_mova: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   kind: PolicyKind | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed log-probs and token counts of the chosen and rejected responses: ``(lp_c, lp_r, n_c, n_r)``.
 
     Only the positions that predict a response token go through the LM head (``logits_to_keep``), so
-    the prompt's and padding's logits are never materialised. ``model`` is a Mova model (which builds
-    the tree mask from ``sequence_ids`` / ``branch_ids`` itself) or, with ``is_mova=False``, a plain
-    causal LM (possibly wrapped by DDP / DeepSpeed / peft), for which the mask is built here.
+    the prompt's and padding's logits are never materialised. ``model`` is any policy (possibly wrapped by
+    DDP / DeepSpeed / peft); its :class:`~mova.model.policy.PolicyKind` (``kind``, found from the model when
+    not given) turns the shared-prompt tree into the inputs that model takes.
     """
-    from mova.model.packing import packed_attention_inputs
-
-    inputs = {k: v for k, v in batch.items() if k not in SCORE_KEYS}
+    kind = kind or policy_kind(model)
+    inputs = kind.tree_inputs(model, {k: v for k, v in batch.items() if k not in SCORE_KEYS})
     keep, where = torch.unique(batch["score_pred"], return_inverse=True)
-    if "sequence_ids" in inputs and not is_mova:
-        seq, branch = inputs.pop("sequence_ids"), inputs.pop("branch_ids", None)
-        impl = getattr(model.config, "_attn_implementation", None) or "eager"
-        dtype = next(model.parameters()).dtype
-        inputs.update(packed_attention_inputs(seq, impl, dtype, branch))
     out = model(**inputs, logits_to_keep=keep, use_cache=False)
     logits = out.logits[batch["score_rows"], where]
     if logits.shape[0] != batch["score_targets"].shape[0]:

@@ -33,8 +33,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mova.data.llava import resolve_image_path
-from mova.model.templates import IMAGE_PLACEHOLDER
 from mova.errors import DataError
+from mova.model.templates import IMAGE_PLACEHOLDER
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,11 @@ from typing import Any, Protocol
 
 import torch
 
-from mova.model.templates import IMAGE_PLACEHOLDER
 from mova.errors import ConfigError, UnknownNameError
-from mova.inference.generation import generate_answers, is_mova_processor, load_model
+from mova.inference.generation import generate_answers, load_model
 from mova.metrics.safety import JUDGES, Judge, build_judge, is_refusal
+from mova.model.processing_text import as_processor
+from mova.model.templates import IMAGE_PLACEHOLDER
 
 DEFAULT_SOURCE = "sqrti/SPA-VL"
 SPLITS = ("harm", "help")
@@ -104,7 +105,7 @@ def _inputs(questions: Sequence[Any], with_images: bool) -> tuple[list[list[dict
 
 def _answer(model: Any, processor: Any, questions: Sequence[Any], *, batch_size: int, max_new_tokens: int,
             template: str | None, progress: bool, desc: str) -> list[Any]:
-    conversations, images = _inputs(questions, is_mova_processor(processor))
+    conversations, images = _inputs(questions, as_processor(processor).multimodal)
     return generate_answers(model, processor, conversations, images, batch_size=batch_size,
                             max_new_tokens=max_new_tokens, template=template, progress=progress, desc=desc,
                             return_details=True)
@@ -243,7 +244,7 @@ def evaluate_safety(
     # 1. answers (one generation pass over both splits: better batches than two)
     t0 = time.perf_counter()
     gen_model, processor, owned, model_desc = _open_model(model, device, dtype)
-    images_used = is_mova_processor(processor)
+    images_used = as_processor(processor).multimodal
     everything = [q for s in splits for q in qs[s]]
     gens = _answer(gen_model, processor, everything, batch_size=batch_size, max_new_tokens=max_new_tokens,
                    template=template, progress=progress, desc="answers")

@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mova.model.templates import IMAGE_PLACEHOLDER
 from mova.errors import ConfigError, DataError
 from mova.evaluation.tasks import TaskContext, register_task
 from mova.inference.backends import SamplingParams
-from mova.inference.generation import is_mova_processor
+from mova.model.processing_text import as_processor
+from mova.model.templates import IMAGE_PLACEHOLDER
 
 # --- VQA answer normalisation ------------------------------------------------------------------------------
 _NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
@@ -221,7 +221,7 @@ def vqa_task(ctx: TaskContext) -> dict[str, float]:
     root = Path(ctx.option("image_root", path.parent))
     metric = str(ctx.option("metric", "auto"))
     suffix = ctx.option("suffix")
-    text_only = bool(ctx.option("text_only", not is_mova_processor(ctx.processor)))
+    text_only = bool(ctx.option("text_only", not as_processor(ctx.processor).multimodal))
     conversations, images = [], []
     for q in questions:
         conversations.append([{"role": "user", "content": _prompt_text(q, suffix)}])

@@ -32,10 +32,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from mova.model.templates import IMAGE_PLACEHOLDER, normalize_messages, render_text
+from mova.data.batch import to_device
 from mova.errors import ConfigError, PlaceholderMismatchError
 from mova.inference.decoding import SeededSampler, StopOnStrings, truncate_at_stop
 from mova.inference.sharding import gather_shards, rank_and_world, shard, sharding_enabled
+from mova.model.processing_text import as_processor
+from mova.model.templates import IMAGE_PLACEHOLDER, normalize_messages
 
 ImageArg = Any  # a PIL image or a path, a list of them (several images in one sample), or None
 
@@ -57,13 +59,9 @@ class Generation:
     stop_reason: str = "length"
 
 
-def is_mova_processor(processor: Any) -> bool:
-    """True for a :class:`~mova.model.processing_mova.MovaProcessor` (duck-typed: it processes images)."""
-    return hasattr(processor, "process_images") and hasattr(processor, "tokenizer")
-
-
 def tokenizer_of(processor: Any) -> Any:
-    return processor.tokenizer if is_mova_processor(processor) else processor
+    """The tokenizer behind a processor (or a bare tokenizer)."""
+    return as_processor(processor).tokenizer
 
 
 def _image_list(image: ImageArg) -> list[Any]:
@@ -87,13 +85,13 @@ def build_prompts(processor: Any, conversations: Sequence[list[dict[str, Any]]],
     images = list(images) if images is not None else [None] * len(conversations)
     if len(images) != len(conversations):
         raise ValueError(f"got {len(conversations)} conversations but {len(images)} image entries")
-    mova = is_mova_processor(processor)
+    processor = as_processor(processor)
     prompts = []
     for i, (conv, image) in enumerate(zip(conversations, images)):
         messages = normalize_messages(conv)
         n_images = len(_image_list(image))
         n_placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
-        if n_images and not mova:
+        if n_images and not processor.multimodal:
             raise ConfigError(f"sample {i} has an image but the model is a plain language model; drop the "
                               "images (and their <image> placeholders) for a text-only evaluation")
         if n_images and not n_placeholders:
@@ -104,59 +102,20 @@ def build_prompts(processor: Any, conversations: Sequence[list[dict[str, Any]]],
         elif n_placeholders != n_images:
             raise PlaceholderMismatchError(
                 f"sample {i} holds {n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {n_images} image(s)")
-        if mova:
-            prompts.append(processor.apply_chat_template(messages, add_generation_prompt=True, template=template))
-        else:
-            prompts.append(render_text(template or "tokenizer", messages, processor, add_generation_prompt=True))
+        prompts.append(processor.apply_chat_template(messages, add_generation_prompt=True, template=template))
     return prompts
 
 
-def _pad_id(tokenizer: Any) -> int:
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-
-
-def _encode_plain(tokenizer: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Left-padded ids and mask for a plain LM; padded here so that the caller's tokenizer is not modified
-    (many LLM tokenizers have no pad token) and BOS is not doubled when the chat template already wrote it."""
-    bos = tokenizer.bos_token
-    seqs = []
-    for p in prompts:
-        add_special = not (bos and p.startswith(bos))
-        seqs.append(tokenizer(p, add_special_tokens=add_special).input_ids)
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), _pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def _encode(processor: Any, prompts: list[str], images: list[ImageArg]) -> dict[str, Any]:
-    if is_mova_processor(processor):
-        return dict(processor(prompts, [_image_list(x) for x in images], padding_side="left"))
-    return _encode_plain(processor, prompts)
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = v.to(device)
-        elif isinstance(v, dict):
-            out[k] = {kk: vv.to(device) if isinstance(vv, torch.Tensor) else vv for kk, vv in v.items()}
-        else:
-            out[k] = v
-    return out
+    """Left-padded model inputs of rendered prompts (BOS added unless a prompt starts with it)."""
+    return dict(as_processor(processor)(prompts, [_image_list(x) for x in images], padding_side="left"))
 
 
 def prompt_lengths(processor: Any, prompts: list[str], images: list[ImageArg]) -> list[int]:
     """Approximate input lengths for sorting: text tokens plus each image's fixed visual tokens (OCR words,
     which vary per image, are not counted: running OCR twice to sort would cost more than it saves)."""
-    tokenizer = tokenizer_of(processor)
-    per_image = processor.layout.num_tokens() if is_mova_processor(processor) else 0
+    processor = as_processor(processor)
+    tokenizer, per_image = processor.tokenizer, processor.tokens_per_image()
     return [len(tokenizer(p, add_special_tokens=False).input_ids) + per_image * len(_image_list(x))
             for p, x in zip(prompts, images)]
 
@@ -238,6 +197,7 @@ def generate_from_prompts(
     Each prompt's ``<image>`` placeholders must match its images; BOS is added unless the prompt starts
     with it.
     """
+    processor = as_processor(processor)
     prompts = list(prompts)
     n = len(prompts)
     images = list(images) if images is not None else [None] * n
@@ -254,17 +214,17 @@ def generate_from_prompts(
         shard_across_processes = sharding_enabled()
     rank, world = rank_and_world() if shard_across_processes else (0, 1)
     mine = shard(order, rank, world)
-    tokenizer = tokenizer_of(processor)
+    tokenizer = processor.tokenizer
     eos_id = tokenizer.eos_token_id
     seeded = do_sample and seed is not None
     gen_args: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample and not seeded,
-                                "pad_token_id": _pad_id(tokenizer), "eos_token_id": eos_id}
+                                "pad_token_id": processor.pad_token_id(), "eos_token_id": eos_id}
     if do_sample and not seeded:
         gen_args.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
     want_logits = return_details or return_step_logits
     if want_logits:
         gen_args.update(output_logits=True, return_dict_in_generate=True)
-    if is_mova_processor(processor):
+    if processor.image_token_id is not None:
         # An ``<image>`` token in the answer has no image to fill it: the model's next step would refuse the
         # batch (an untrained model does emit it). Suppressed here, so answers are text only.
         gen_args["suppress_tokens"] = [processor.image_token_id]
@@ -281,8 +241,8 @@ def generate_from_prompts(
         with torch.no_grad(), tqdm(total=len(mine), desc=desc, unit="q", disable=not progress or rank != 0) as bar:
             for start in range(0, len(mine), batch_size):
                 idx = mine[start:start + batch_size]
-                batch = _to_device(_encode(processor, [prompts[i] for i in idx], [images[i] for i in idx]),
-                                   model.device)
+                batch = to_device(_encode(processor, [prompts[i] for i in idx], [images[i] for i in idx]),
+                                  model.device)
                 width = batch["input_ids"].shape[1]
                 stopper = StopOnStrings(tokenizer, stop, width) if stop else None
                 processors = [*extra_processors]
@@ -337,24 +297,12 @@ def load_model(path: str | Path, device: str | torch.device | None = None,
     remote code is never run. ``device`` defaults to CUDA when available; ``dtype`` (``bfloat16``, ...)
     to the checkpoint's own.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from mova.model.policy import load_policy
 
-    from mova.model.builder import load_pretrained, torch_dtype
-    from mova.model.checkpoints import resolve_checkpoint
-
-    path = resolve_checkpoint(path, what)
-    kwargs: dict[str, Any] = {"weights_only": True}
-    if dtype is not None:
-        kwargs["dtype"] = torch_dtype(dtype) if isinstance(dtype, str) else dtype
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    if config.model_type == "mova":
-        model, processor = load_pretrained(path, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **kwargs)
-        processor = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    model, processor = load_policy(path, dtype=dtype or "auto", what=what, weights_only=True)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.eval(), processor
 
 
-__all__ = ["Generation", "build_prompts", "generate_answers", "generate_from_prompts", "is_mova_processor",
-           "load_model", "prompt_lengths", "tokenizer_of"]
+__all__ = ["Generation", "build_prompts", "generate_answers", "generate_from_prompts", "load_model", "prompt_lengths",
+           "tokenizer_of"]

@@ -8,7 +8,6 @@ apply; a ``seed`` is passed per request, which keeps sampled answers repeatable 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,9 @@ class VllmBackend:
 
     def __init__(self, path: str | Path, *, dtype: str | None = None, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, progress: bool = True, **_: Any):
-        config = Path(path) / "config.json"
-        if config.is_file() and json.loads(config.read_text()).get("model_type") == "mova":
+        from mova.model.policy import POLICY_KINDS, checkpoint_model_type
+
+        if checkpoint_model_type(path) in POLICY_KINDS:
             raise ConfigError(f"{path} is a Mova checkpoint; vLLM serves plain text models only "
                               "(use the transformers backend)")
         vllm = _require_vllm()

@@ -571,6 +571,9 @@ class LLMJudge(Judge):
             from mova.inference.generation import load_model
 
             model, tokenizer = load_model(path, device=device, dtype=dtype)
+        from mova.model.processing_text import as_processor
+
+        tokenizer = as_processor(tokenizer).tokenizer
         self.model, self.tokenizer, self.path = model, tokenizer, str(path) if path else None
         self.categories = list(categories) if categories is not None else list(SPAVL_DOMAINS)
         self.prompt, self.pairwise_prompt = prompt, pairwise_prompt

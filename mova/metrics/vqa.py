@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mova.model.templates import IMAGE_PLACEHOLDER
 from mova.inference.generation import generate_answers
+from mova.model.templates import IMAGE_PLACEHOLDER
 
 ARTICLES = frozenset({"a", "an", "the"})
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")

@@ -14,11 +14,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 
 from mova.config import ExpertConfig, ModelConfig, to_dict
-from mova.model.templates import IMAGE_PLACEHOLDER
 from mova.errors import ConfigError
 from mova.model.experts import build_expert
 from mova.model.modeling_mova import MovaConfig, MovaForCausalLM
 from mova.model.processing_mova import MovaProcessor
+from mova.model.templates import IMAGE_PLACEHOLDER
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}

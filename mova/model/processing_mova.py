@@ -19,11 +19,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
-from mova.model.templates import IMAGE_PLACEHOLDER, render_text
 from mova.errors import ImageLoadError, PlaceholderMismatchError, SequenceTooLongError
 from mova.model.experts import build_expert
 from mova.model.experts.base import to_rgb
+from mova.model.layout import VisualLayout
 from mova.model.modeling_mova import MovaConfig
+from mova.model.positions import position_ids_from_layout
+from mova.model.templates import IMAGE_PLACEHOLDER, render_text
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,29 @@ def load_image(image: ImageInput) -> Image.Image:
         raise ImageLoadError(f"cannot read image {path}: {e}") from e
 
 
+def sample_position_ids(input_ids: torch.Tensor, layout: VisualLayout, image_token_id: int,
+                        ocr_lengths: list[tuple[int, ...]]) -> torch.Tensor:
+    """Position ids of one unpadded sample, as ``MovaForCausalLM.compute_position_ids`` gives them.
+
+    Text advances by one; image tokens take their images' layouts (compressed schemes). Computed per
+    sample so that a packed row (:class:`~mova.data.llava.PackedCollator`) can restart them at 0 for each sample.
+    """
+    image = input_ids == image_token_id
+    local = torch.zeros_like(input_ids)
+    advance = torch.ones_like(input_ids)
+    vis_local, vis_advance = layout.batch(list(ocr_lengths))
+    if int(image.sum()) != vis_local.numel():
+        raise ValueError(f"{int(image.sum())} image tokens but the images make {vis_local.numel()} visual tokens")
+    local[image] = vis_local
+    advance[image] = vis_advance
+    return position_ids_from_layout(local, advance)
+
+
 class MovaProcessor:
     """Prepare ``(text, images)`` for :class:`~mova.model.modeling_mova.MovaForCausalLM`."""
+
+    #: images become visual tokens (a :class:`~mova.model.processing_text.TextProcessor` has none).
+    multimodal = True
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: MovaConfig, padding_side: str = "left"):
         self.tokenizer = tokenizer
@@ -267,6 +290,29 @@ class MovaProcessor:
                 f"sample {index}: {text_tokens} text tokens + {visual_tokens} visual tokens using "
                 f"{visual_positions} positions = {used} positions, over the LLM's context of {limit}; "
                 "shorten the text, use fewer images, or a compressed position scheme")
+
+    def encode_joined(self, prompt: str, responses: list[str]) -> tuple[list[int], list[list[int]]]:
+        """A text-only pair joined and tokenized whole (``template: raw``; see
+        :func:`~mova.model.processing_text.joined_ids`)."""
+        from mova.model.processing_text import joined_ids
+
+        if self.image_token in prompt:
+            raise PlaceholderMismatchError(f"a joined (raw) prompt cannot hold {self.image_token}")
+        return joined_ids(self.tokenizer, prompt, responses)
+
+    def tokens_per_image(self) -> int:
+        """Visual tokens of one image (OCR experts counted at zero words: they vary per image)."""
+        return self.layout.num_tokens()
+
+    def position_ids(self, input_ids: torch.Tensor, ocr_lengths: list[tuple[int, ...]] | None = None) -> torch.Tensor:
+        """Positions of one unpadded sample (:func:`sample_position_ids`)."""
+        return sample_position_ids(input_ids, self.layout, self.image_token_id, list(ocr_lengths or []))
+
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        if tok.pad_token_id is not None:
+            return tok.pad_token_id
+        return tok.eos_token_id if tok.eos_token_id is not None else 0
 
     def batch_decode(self, ids: torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)

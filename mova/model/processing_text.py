@@ -81,15 +81,9 @@ class TextProcessor:
         return ids, labels
 
     def encode_joined(self, prompt: str, responses: list[str]) -> tuple[list[int], list[list[int]]]:
-        """``prompt + response + eos`` tokenized whole for each response, the prompt ending where those
-        tokenizations diverge (TRL's layout for non-conversational pairs): ``(prompt_ids, response_ids)``."""
-        tok = self.tokenizer
+        """``prompt + response + eos`` tokenized whole for each response (:func:`joined_ids`)."""
         self._check_text(prompt)
-        eos = tok.eos_token or ""
-        p = tok(prompt).input_ids
-        full = [tok(prompt + r + eos).input_ids for r in responses]
-        n = min(_common_prefix(p, f) for f in full)
-        return p[:n], [f[n:] for f in full]
+        return joined_ids(self.tokenizer, prompt, responses)
 
     def pad_token_id(self) -> int:
         tok = self.tokenizer
@@ -125,6 +119,16 @@ class TextProcessor:
 
     def batch_decode(self, ids: torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def joined_ids(tokenizer: Any, prompt: str, responses: list[str]) -> tuple[list[int], list[list[int]]]:
+    """``prompt + response + eos`` tokenized whole for each response, the prompt ending where those
+    tokenizations diverge (TRL's layout for non-conversational pairs): ``(prompt_ids, response_ids)``."""
+    eos = tokenizer.eos_token or ""
+    p = tokenizer(prompt).input_ids
+    full = [tokenizer(prompt + r + eos).input_ids for r in responses]
+    n = min(_common_prefix(p, f) for f in full)
+    return p[:n], [f[n:] for f in full]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

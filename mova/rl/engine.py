@@ -25,13 +25,6 @@ import torch
 import torch.distributed as dist
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under DDP / DeepSpeed wrappers (``.module`` chains)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from mova.data.jsonio import read_json_records
-from mova.model.templates import normalize_messages
 from mova.errors import DataError
+from mova.model.templates import normalize_messages
 
 
 @dataclass

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from mova.errors import ConfigError
-from mova.rl.engine import unwrap
+from mova.model.policy import PolicyKind, load_policy, policy_kind, unwrap
+from mova.model.processing_text import as_processor
 from mova.rl.ppo_math import last_token_index
 
 HEAD_FILE = "score_head.safetensors"
@@ -48,11 +49,6 @@ class RewardOutput:
     scores: torch.Tensor
     hidden_states: torch.Tensor
     logits: torch.Tensor | None = None
-
-
-def is_mova_model(model: nn.Module) -> bool:
-    config = getattr(unwrap(model), "config", None)
-    return getattr(config, "model_type", None) == "mova"
 
 
 class RewardModel(nn.Module):
@@ -82,8 +78,9 @@ class RewardModel(nn.Module):
         return cls(model)
 
     @property
-    def is_mova(self) -> bool:
-        return is_mova_model(self.backbone)
+    def kind(self) -> PolicyKind:
+        """The backbone's :class:`~mova.model.policy.PolicyKind` (how to feed it packed rows, where LoRA is)."""
+        return policy_kind(self.backbone)
 
     @property
     def config(self) -> Any:
@@ -112,21 +109,16 @@ class RewardModel(nn.Module):
         ref = input_ids if input_ids is not None else mova_inputs["inputs_embeds"][..., 0]
         if attention_mask is None:
             attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
-        kwargs: dict[str, Any] = dict(mova_inputs)
-        mask_for_model: Any = attention_mask
+        kind = self.kind
         if sequence_ids is not None:
-            if self.is_mova:
-                kwargs.update(sequence_ids=sequence_ids, branch_ids=branch_ids)
-            else:
-                from mova.model.packing import packed_attention_inputs
-
-                impl = getattr(self.backbone.config, "_attn_implementation", None) or "eager"
-                packed = packed_attention_inputs(sequence_ids, impl, self.score_head.weight.dtype, branch_ids)
-                mask_for_model = packed.pop("attention_mask")
-                kwargs.update(packed)
-        elif position_ids is None and not self.is_mova:
-            # A plain HF LM numbers positions 0..T-1 whatever the padding; left padding needs them from the mask.
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            kwargs = kind.tree_inputs(self.backbone, {**mova_inputs, "attention_mask": attention_mask,
+                                                      "sequence_ids": sequence_ids, "branch_ids": branch_ids})
+            mask_for_model = kwargs.pop("attention_mask")
+        else:
+            kwargs, mask_for_model = dict(mova_inputs), attention_mask
+            if position_ids is None and input_ids is not None:
+                # left padding needs positions from the mask (a plain HF LM numbers 0..T-1 whatever the padding)
+                position_ids = kind.position_ids(self.backbone, input_ids, attention_mask, mova_inputs.get("images"))
         out = self.backbone(input_ids=input_ids, attention_mask=mask_for_model, position_ids=position_ids,
                             output_hidden_states=True, use_cache=False, logits_to_keep=logits_to_keep, **kwargs)
         hidden = out.hidden_states[-1]
@@ -183,7 +175,7 @@ class RewardModel(nn.Module):
         backbone.save_pretrained(path)
         head = {k: v.detach().to("cpu").contiguous() for k, v in self.score_head.state_dict().items()}
         save_file(head, str(path / HEAD_FILE))
-        info = {"format": FORMAT, "version": FORMAT_VERSION, "backbone": "mova" if self.is_mova else "causal_lm",
+        info = {"format": FORMAT, "version": FORMAT_VERSION, "backbone": self.kind.name,
                 "hidden_size": self.score_head.in_features, "score_position": "last_token", **(extra or {})}
         (path / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if processor is not None:
@@ -226,18 +218,7 @@ def load_reward_model(path: str | Path, device: torch.device | str | None = None
 
     path = Path(path)
     info = read_info(path)
-    if info["backbone"] == "mova":
-        from mova.model.builder import load_pretrained
-
-        kwargs = {"dtype": dtype} if dtype is not None else {}
-        backbone, processor = load_pretrained(str(path), **kwargs)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        processor = AutoTokenizer.from_pretrained(str(path))
-        if processor.pad_token_id is None:
-            processor.pad_token = processor.eos_token
-        backbone = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    backbone, processor = load_policy(path, dtype=dtype, what="reward model")
     head = nn.Linear(int(info["hidden_size"]), 1)
     head.load_state_dict(load_file(str(path / HEAD_FILE)))
     rm = RewardModel(backbone, head)
@@ -314,10 +295,8 @@ def score_texts(rm: RewardModel, processor: Any, prompts: Sequence[str], respons
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if images is not None and len(images) != len(prompts):
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
-    is_mova = hasattr(processor, "process_images")
-    tokenizer = processor.tokenizer if is_mova else processor
-    if images is not None and any(im is not None for im in images) and not is_mova:
-        raise ConfigError("images given but the reward model's processor is a text tokenizer")
+    processor = as_processor(processor)
+    tokenizer = processor.tokenizer
     eos = tokenizer.eos_token or ""
     texts = [p + (r if (not append_eos or not eos or r.endswith(eos)) else r + eos) for p, r in zip(prompts, responses)]
     was_training = rm.training
@@ -325,13 +304,10 @@ def score_texts(rm: RewardModel, processor: Any, prompts: Sequence[str], respons
     out: list[float] = []
     for start in tqdm(range(0, len(texts), batch_size), desc="reward", disable=not progress):
         chunk = texts[start:start + batch_size]
-        if is_mova:
-            imgs = None
-            if images is not None:
-                imgs = [[im] if im is not None else [] for im in images[start:start + batch_size]]
-            enc = processor(chunk, imgs)
-        else:
-            enc = tokenizer(chunk, return_tensors="pt", padding=True)
+        imgs = None
+        if images is not None:
+            imgs = [[im] if im is not None else [] for im in images[start:start + batch_size]]
+        enc = processor(chunk, imgs)
         enc = {k: (v.to(rm.device) if isinstance(v, torch.Tensor) else
                    {kk: vv.to(rm.device) for kk, vv in v.items()} if isinstance(v, dict) else v)
                for k, v in dict(enc).items() if k in ("input_ids", "attention_mask", "images")}

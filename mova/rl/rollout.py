@@ -19,19 +19,12 @@ from typing import Any
 
 import torch
 
-from mova.inference.generation import _encode, build_prompts, is_mova_processor, tokenizer_of
-from mova.rl.engine import unwrap
+from mova.data.batch import to_device
+from mova.inference.generation import _encode, build_prompts
+from mova.model.policy import policy_kind, unwrap
+from mova.model.processing_text import as_processor
 from mova.rl.ppo_math import token_logprobs
 from mova.rl.prompts import PromptRecord
-
-
-def mova_base(model: torch.nn.Module) -> Any | None:
-    """The :class:`MovaForCausalLM` inside ``model`` (through wrappers and a policy-with-value-head), or
-    None for a plain LM."""
-    model = unwrap(model)
-    if not hasattr(model, "encode_images") and isinstance(getattr(model, "policy", None), torch.nn.Module):
-        model = unwrap(model.policy)
-    return model if hasattr(model, "encode_images") and hasattr(model, "compute_position_ids") else None
 
 
 @dataclass
@@ -77,25 +70,6 @@ class RolloutBatch:
                             {k: v[idx_t] for k, v in self.extra.items()})
 
 
-def shared_expert_features(model: torch.nn.Module,
-                           images: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-    """Run each frozen pixel expert once and return an ``images`` dict holding their features instead of
-    pixels (OCR inputs and trainable experts pass through unchanged)."""
-    base = mova_base(model)
-    if base is None or not images:
-        return images
-    out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for key, value in images.items():
-            expert = base.experts[key] if key in base.experts else None
-            if expert is not None and expert.input_kind == "pixels" and expert.cfg.frozen:
-                param = next(expert.parameters(), None)
-                out[f"{key}.features"] = expert(value.to(base.device, dtype=param.dtype if param is not None else None))
-            else:
-                out[key] = value
-    return out
-
-
 def encode_prompts(processor: Any, records: Sequence[PromptRecord], template: str | None,
                    device: torch.device) -> tuple[list[str], dict[str, Any]]:
     """Rendered prompt strings and the left-padded model inputs for ``records``."""
@@ -105,11 +79,7 @@ def encode_prompts(processor: Any, records: Sequence[PromptRecord], template: st
                              template) if templated else []
     by_index = dict(zip(templated, rendered))
     prompts = [by_index[i] if r.text is None else r.text for i, r in enumerate(records)]
-    batch = _encode(processor, prompts, images)
-    out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    if out.get("images"):
-        out["images"] = {k: v.to(device) for k, v in out["images"].items()}
-    return prompts, out
+    return prompts, to_device(_encode(processor, prompts, images), device)
 
 
 def response_mask_from(tokens: torch.Tensor, eos_id: int | None) -> torch.Tensor:
@@ -127,16 +97,17 @@ def generate_rollouts(policy: torch.nn.Module, processor: Any, records: Sequence
                       top_k: int = 0, device: torch.device) -> RolloutBatch:
     """Sample one response per prompt with the policy's KV cache (``generate``); greedy at temperature 0."""
     model = unwrap(policy)
+    processor = as_processor(processor)
     prompts, enc = encode_prompts(processor, records, template, device)
-    images = shared_expert_features(model, enc.get("images"))
-    tokenizer = tokenizer_of(processor)
+    images = policy_kind(model).shared_image_features(model, enc.get("images"))
+    tokenizer = processor.tokenizer
     eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_id or 0)
+    pad_id = processor.pad_token_id()
     gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": eos_id,
                            "do_sample": temperature > 0}
     if temperature > 0:
         gen.update(temperature=temperature, top_p=top_p, top_k=top_k)
-    if is_mova_processor(processor):
+    if processor.image_token_id is not None:  # no image can fill an <image> the policy writes
         gen["suppress_tokens"] = [processor.image_token_id]
     was_training = model.training
     model.eval()
@@ -163,12 +134,8 @@ def generate_rollouts(policy: torch.nn.Module, processor: Any, records: Sequence
 
 def position_ids_for(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      images: dict[str, torch.Tensor] | None) -> torch.Tensor:
-    """Position ids that skip padding: Mova's layout-aware ids, or ``cumsum(mask) - 1`` for a plain LM."""
-    base = mova_base(model)
-    if base is not None:
-        return base.compute_position_ids(input_ids, attention_mask, images)
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.clamp(min=0)
+    """Position ids that skip padding (Mova's layout-aware ids for a VLM), from the model's policy kind."""
+    return policy_kind(model).position_ids(model, input_ids, attention_mask, images)
 
 
 def forward_response(model: torch.nn.Module, batch: RolloutBatch, *, hidden: bool = False) -> Any:

@@ -135,9 +135,10 @@ def compute_strength(cfg: RunConfig, num_models: int, out_dir: str | Path, batch
     (:func:`holdout_folds`) and a pair's strength comes only from models that never trained on it.
     Returns a summary with the output paths.
     """
+    from mova.data.pairs import pair_collator
     from mova.data.preference import load_pairs
     from mova.rl.reward_model import load_reward_model
-    from mova.trainers.rm import build_pair_dataset, pair_collator, run_rm, score_pair_dataset
+    from mova.trainers.rm import build_pair_dataset, run_rm, score_pair_dataset
 
     if num_models < 2:
         raise ConfigError(f"preference strength needs at least 2 reward models, got {num_models}")
@@ -158,11 +159,9 @@ def compute_strength(cfg: RunConfig, num_models: int, out_dir: str | Path, batch
         summaries.append({"seed": sub.train.seed, "final_model": summary["final_model"],
                           "last_loss": summary.get("last_loss")})
         rm, processor = load_reward_model(summary["final_model"])
-        is_mova = rm.is_mova
         template = json.loads((Path(summary["final_model"]) / "reward_model.json").read_text())["template"]
-        dataset = build_pair_dataset(sub, processor, is_mova, pairs, template)
-        tokenizer = processor.tokenizer if is_mova else processor
-        collator = pair_collator(opts.pair_encoding, tokenizer.pad_token_id, opts.max_tokens_per_row)
+        dataset = build_pair_dataset(sub, processor, pairs, template)
+        collator = pair_collator(opts.pair_encoding, processor.pad_token_id(), opts.max_tokens_per_row)
         device = "cuda" if torch.cuda.is_available() and not cfg.train.use_cpu else "cpu"
         r_c, r_r = score_pair_dataset(rm, dataset, collator, batch_size, device)
         scored = torch.tensor(dataset.keep)

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,29 @@ class MovaTrainer(Trainer):
         self.nonfinite_total = 0
         self.tokens_seen = 0
         self._staging = False
+        #: per-step metrics of a method's loss (``rewards/margins`` ...), averaged into each logged row.
+        self._metrics: dict[str, list[float]] = defaultdict(list)
         self.remove_callback(PrinterCallback)
         self.remove_callback(ProgressCallback)
         self.add_callback(MovaProgressCallback(self))
         if self.args.should_save:
             shutil.rmtree(os.path.join(self.args.output_dir, STAGING), ignore_errors=True)
+
+    # --- metrics of a method's loss -------------------------------------------------------------
+    def record_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Average ``metrics`` (scalars) over the processes and keep them for the next logged row."""
+        if not metrics:
+            return
+        values = torch.stack([torch.as_tensor(v).detach().float().reshape(()) for v in metrics.values()])
+        values = self.accelerator.reduce(values.to(self.args.device), reduction="mean")
+        for name, value in zip(metrics, values.tolist()):
+            self._metrics[name].append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._metrics:
+            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items()})
+            self._metrics.clear()
+        super().log(logs, start_time)
 
     # --- data order -----------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:

@@ -17,10 +17,8 @@ The reference policy is one of (``dpo.reference``):
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -30,51 +28,31 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from mova.config import RunConfig, to_dict
-from mova.data.pairs import PaddedPairCollator, PairDataset, PairEncoder, SharedPromptCollator, response_logps
+from mova.data.batch import to_device
+from mova.data.pairs import PairDataset, PairEncoder, pair_collator, response_logps
 from mova.data.preference import load_pairs
-from mova.errors import ConfigError, UnknownNameError
+from mova.errors import ConfigError
+from mova.model.policy import PolicyKind, load_policy, policy_kind
 from mova.trainers.base import MovaTrainer, resolve_resume, write_report
+from mova.trainers.dpo_config import DpoConfig
 from mova.trainers.dpo_loss import check_loss_options, dpo_loss
 
 logger = logging.getLogger(__name__)
-
-REFERENCES = ("copy", "adapters_off", "precomputed")
-PAIR_ENCODINGS = {"shared": SharedPromptCollator, "padded": PaddedPairCollator}
-
-
-def pair_collator(encoding: str, pad_token_id: int, max_tokens: int = 512) -> Any:
-    if encoding not in PAIR_ENCODINGS:
-        raise UnknownNameError("dpo.pair_encoding", encoding, PAIR_ENCODINGS)
-    if encoding == "shared":
-        return SharedPromptCollator(pad_token_id, max_tokens)
-    return PaddedPairCollator(pad_token_id)
-
-
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under DDP / DeepSpeed wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
 
 
 class DpoTrainer(MovaTrainer):
     """``compute_loss`` is DPO; everything else (loop, checkpoints, logging) is the shared base."""
 
-    def __init__(self, *args: Any, dpo: Any, is_mova: bool, ref_model: torch.nn.Module | None = None,
+    def __init__(self, *args: Any, dpo: DpoConfig, kind: PolicyKind, ref_model: torch.nn.Module | None = None,
                  ref_logps: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         check_loss_options(dpo.loss_type, dpo.beta, dpo.label_smoothing)
         self.dpo = dpo
-        self.is_mova = is_mova
+        self.kind = kind
         self.ref_model = ref_model
         self.ref_logps = ref_logps
         # compute_loss returns a per-pair mean: the base must divide by gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, list[float]] = defaultdict(list)
-
-    def _scores(self, model: torch.nn.Module, inputs: dict[str, Any], n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lp_c, lp_r, _, _ = response_logps(model, inputs, n, self.is_mova)
-        return lp_c, lp_r
 
     @torch.no_grad()
     def reference_scores(self, model: torch.nn.Module, inputs: dict[str, Any],
@@ -87,16 +65,14 @@ class DpoTrainer(MovaTrainer):
         if kind == "copy":
             if next(self.ref_model.parameters()).device != self.args.device:
                 self.ref_model.to(self.args.device)
-            return self._scores(self.ref_model, inputs, n)
-        inner = _base(model)
-        lm = inner.language_model if self.is_mova else inner
-        with lm.disable_adapter():
-            return self._scores(inner, inputs, n)
+            return response_logps(self.ref_model, inputs, n, self.kind)[:2]
+        with self.kind.adapters_disabled(model):
+            return response_logps(model, inputs, n, self.kind)[:2]
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         n = int(inputs["pair_index"].numel())
-        pi_c, pi_r, n_c, n_r = response_logps(model, inputs, n, self.is_mova)
+        pi_c, pi_r, n_c, n_r = response_logps(model, inputs, n, self.kind)
         ref_c, ref_r = self.reference_scores(model, inputs, n)
         out = dpo_loss(pi_c, pi_r, ref_c, ref_r, beta=self.dpo.beta, loss_type=self.dpo.loss_type,
                        label_smoothing=self.dpo.label_smoothing, chosen_tokens=n_c, rejected_tokens=n_r,
@@ -107,56 +83,12 @@ class DpoTrainer(MovaTrainer):
             nll = -(pi_c / n_c.clamp(min=1)).mean()
             loss = loss + self.dpo.rpo_alpha * nll
             metrics["nll/chosen"] = nll.detach()
-        values = torch.stack(list(metrics.values())).float()
-        values = self.accelerator.reduce(values, reduction="mean")
-        for name, value in zip(metrics, values.tolist()):
-            self._metrics[name].append(value)
+        self.record_metrics(metrics)
         return (loss, out) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._metrics:
-            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items()})
-            self._metrics.clear()
-        super().log(logs, start_time)
-
-
-# --- model loading -----------------------------------------------------------------------------------
-def load_policy(cfg: RunConfig) -> tuple[torch.nn.Module, Any, bool]:
-    """``(model, processor_or_tokenizer, is_mova)``: a Mova checkpoint, a text LM, or a fresh Mova model."""
-    from mova.model.builder import build_model, load_pretrained
-
-    if not cfg.init_from:
-        model, processor = build_model(cfg.model, load_weights=True)
-        return model, processor, True
-    from mova.model.checkpoints import resolve_checkpoint
-
-    path = Path(resolve_checkpoint(cfg.init_from, "init_from"))
-    config_file = path / "config.json"
-    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "mova":
-        model, processor = load_pretrained(str(path))
-        return model, processor, True
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(cfg.init_from)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
-    return model, tokenizer, False
-
-
-def configure_policy(model: torch.nn.Module, cfg: RunConfig,
-                     is_mova: bool) -> tuple[torch.nn.Module, dict[str, int]]:
-    """Freeze what DPO keeps fixed: the experts always (unless unfrozen), the fusion network unless asked."""
-    from mova.trainers.stages import configure_llm_training
-
-    return configure_llm_training(model, cfg, is_mova, cfg.dpo.train_fusion)
 
 
 def check_reference(cfg: RunConfig) -> None:
-    ref = cfg.dpo.reference
-    if ref not in REFERENCES:
-        raise UnknownNameError("dpo.reference", ref, REFERENCES)
-    if ref == "adapters_off":
+    if cfg.dpo.reference == "adapters_off":
         if cfg.train.lora.r <= 0:
             raise ConfigError("dpo.reference=adapters_off needs LoRA (train.lora.r > 0): the reference is the "
                               "model with its adapters disabled")
@@ -166,7 +98,7 @@ def check_reference(cfg: RunConfig) -> None:
 
 
 @torch.no_grad()
-def precompute_reference(model: torch.nn.Module, dataset: PairDataset, collator: Any, is_mova: bool,
+def precompute_reference(model: torch.nn.Module, dataset: PairDataset, collator: Any, kind: PolicyKind,
                          batch_size: int, device: torch.device | str,
                          progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The starting model's summed response log-probs for every pair, by dataset position (one pass)."""
@@ -177,10 +109,7 @@ def precompute_reference(model: torch.nn.Module, dataset: PairDataset, collator:
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
     for batch in tqdm(loader, desc="reference log-probs", disable=not progress):
         idx = batch["pair_index"]
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else
-                 ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v)
-                 for k, v in batch.items()}
-        lp_c, lp_r, _, _ = response_logps(model, batch, len(idx), is_mova)
+        lp_c, lp_r, _, _ = response_logps(model, to_device(batch, device), len(idx), kind)
         ref_c[idx], ref_r[idx] = lp_c.float().cpu(), lp_r.float().cpu()
     model.train(was_training)
     return ref_c, ref_r
@@ -193,24 +122,24 @@ def run_dpo(cfg: RunConfig) -> dict[str, Any]:
     check_loss_options(cfg.dpo.loss_type, cfg.dpo.beta, cfg.dpo.label_smoothing)
     check_reference(cfg)
     set_seed(cfg.train.seed)
-    model, processor, is_mova = load_policy(cfg)
+    model, processor = load_policy(cfg.init_from, cfg.model)
+    kind = policy_kind(model)
     ref_model = None
     if cfg.dpo.reference == "copy":
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    model, trainable = configure_policy(model, cfg, is_mova)
-    template = cfg.data.template or (model.config.template if is_mova else
-                                     ("tokenizer" if getattr(processor, "chat_template", None) else "raw"))
+    model, trainable = kind.make_trainable(model, lora=cfg.train.lora, train_fusion=cfg.dpo.train_fusion,
+                                           unfreeze_experts=cfg.train.unfreeze_experts)
+    template = cfg.data.template or kind.default_template(model, processor)
     pairs = load_pairs(cfg.data)
     encoder = PairEncoder(processor, template, max_length=cfg.data.max_length)
     dataset = PairDataset(pairs, encoder, skip_invalid=cfg.data.skip_bad_records)
-    tokenizer = processor.tokenizer if is_mova else processor
-    collator = pair_collator(cfg.dpo.pair_encoding, tokenizer.pad_token_id, cfg.dpo.max_tokens_per_row)
+    collator = pair_collator(cfg.dpo.pair_encoding, processor.pad_token_id(), cfg.dpo.max_tokens_per_row)
     args = training_arguments(cfg)
     ref_logps = None
     ref_seconds = 0.0
     if cfg.dpo.reference == "precomputed":
         t0 = time.perf_counter()
-        ref_logps = precompute_reference(model, dataset, collator, is_mova, args.per_device_train_batch_size,
+        ref_logps = precompute_reference(model, dataset, collator, kind, args.per_device_train_batch_size,
                                          args.device)
         ref_seconds = time.perf_counter() - t0
     trainer = DpoTrainer(
@@ -221,7 +150,7 @@ def run_dpo(cfg: RunConfig) -> dict[str, Any]:
         max_nonfinite_in_a_row=cfg.train.max_nonfinite_in_a_row,
         group_by_modality_length=cfg.data.group_by_modality_length,
         dpo=cfg.dpo,
-        is_mova=is_mova,
+        kind=kind,
         ref_model=ref_model,
         ref_logps=ref_logps,
     )
@@ -229,10 +158,7 @@ def run_dpo(cfg: RunConfig) -> dict[str, Any]:
     trainer.train(resume_from_checkpoint=resume)
     final = Path(args.output_dir) / "final"
     if cfg.train.lora.r > 0 and cfg.train.lora.merge:
-        if is_mova:
-            model.language_model = model.language_model.merge_and_unload()
-        else:
-            trainer.model = model = model.merge_and_unload()
+        trainer.model = model = kind.merge_adapters(model)
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         processor.save_pretrained(final)

@@ -39,10 +39,12 @@ from tqdm.auto import tqdm
 
 from mova.config import RunConfig, to_dict
 from mova.errors import ConfigError
+from mova.model.policy import load_policy, policy_kind, unwrap
+from mova.model.processing_text import as_processor
 from mova.rl import ppo_math as pm
-from mova.rl.engine import TrainEngine, init_distributed, rank, unwrap, world_size
+from mova.rl.engine import TrainEngine, init_distributed, rank, world_size
 from mova.rl.prompts import PromptRecord, load_prompts
-from mova.rl.rollout import RolloutBatch, forward_response, generate_rollouts, mova_base, position_ids_for
+from mova.rl.rollout import RolloutBatch, forward_response, generate_rollouts, position_ids_for
 from mova.trainers.base import STAGING, resolve_resume
 from mova.trainers.ppo_config import PpoConfig
 from mova.trainers.stages import zero_stage
@@ -69,28 +71,6 @@ def _hidden_size(model: nn.Module) -> int:
     from mova.rl.reward_model import hidden_size
 
     return hidden_size(model)
-
-
-def load_policy_model(cfg: RunConfig) -> tuple[nn.Module, Any]:
-    """The start policy (a Mova checkpoint, a text LM folder, or a fresh Mova model from ``model``)."""
-    from mova.trainers.dpo import load_policy
-
-    model, processor, _ = load_policy(cfg)
-    return model, processor
-
-
-def make_trainable(model: nn.Module, cfg: RunConfig, train_fusion: bool) -> nn.Module:
-    """Freeze the experts (and the fusion network unless ``train_fusion``); LoRA when ``train.lora.r``."""
-    from mova.trainers.stages import configure_llm_training
-
-    return configure_llm_training(model, cfg, mova_base(model) is not None, train_fusion)[0]
-
-
-def _peft_holder(model: nn.Module) -> Any:
-    """The peft-wrapped module inside the policy (the LM of a Mova model, or the model), or None."""
-    base = mova_base(model)
-    inner = base.language_model if base is not None else unwrap(model)
-    return inner if hasattr(inner, "disable_adapter") else None
 
 
 # --- the loop -----------------------------------------------------------------------------------------------
@@ -187,14 +167,15 @@ class PpoTrainer:
     # --- construction ---------------------------------------------------------------------------------
     def _build_models(self) -> None:
         cfg, ppo = self.cfg, self.ppo
-        policy, self.processor = load_policy_model(cfg)
-        self.is_mova = mova_base(policy) is not None
+        policy, self.processor = load_policy(cfg.init_from, cfg.model)
+        self.kind = policy_kind(policy)
         if ppo.reference == "copy":
             self.reference: nn.Module | None = copy.deepcopy(policy).eval().requires_grad_(False)
         else:
             self.reference = None
-        policy = make_trainable(policy, cfg, ppo.train_fusion)
-        if ppo.reference == "adapters_off" and _peft_holder(policy) is None:
+        policy, _ = self.kind.make_trainable(policy, lora=cfg.train.lora, train_fusion=ppo.train_fusion,
+                                             unfreeze_experts=cfg.train.unfreeze_experts)
+        if ppo.reference == "adapters_off" and not self.kind.has_adapters(policy):
             raise ConfigError("ppo.reference=adapters_off needs LoRA (train.lora.r > 0); use reference=copy")
         policy.to(self.device)
         if self.reference is not None:
@@ -235,24 +216,17 @@ class PpoTrainer:
             critic = copy.deepcopy(self.reward_model).to(self.device)
         else:
             start = self.reference if self.reference is not None else policy
-            backbone = copy.deepcopy(unwrap(start))
-            if hasattr(backbone, "merge_and_unload"):
-                backbone = backbone.merge_and_unload()
+            backbone = self.kind.merged_copy(start)  # a model of its own, adapters merged
             critic = RewardModel.from_backbone(backbone)
             nn.init.zeros_(critic.score_head.weight)
             nn.init.zeros_(critic.score_head.bias)
         critic.requires_grad_(True)
-        base = mova_base(critic.backbone)
-        if base is not None:  # the critic's experts stay frozen like the policy's
-            for expert in base.experts.values():
-                if expert.cfg.frozen:
-                    expert.requires_grad_(False)
+        self.kind.freeze_frozen_experts(critic.backbone)  # the critic's experts stay frozen like the policy's
         return critic.train()
 
     def _check_tokenizers(self) -> None:
-        from mova.inference.generation import tokenizer_of
 
-        mine, theirs = tokenizer_of(self.processor), tokenizer_of(self.reward_processor)
+        mine, theirs = self.processor.tokenizer, as_processor(self.reward_processor).tokenizer
         if mine.get_vocab() != theirs.get_vocab():
             raise ConfigError("the reward model's tokenizer differs from the policy's: PPO scores the policy's "
                               "token ids directly, so the reward model must share the policy's vocabulary")
@@ -334,7 +308,7 @@ class PpoTrainer:
             with self._frozen_on_device(self.reference):
                 logits, _ = forward_response(self.reference, batch)
         else:
-            with _peft_holder(self.policy).disable_adapter():
+            with self.kind.adapters_disabled(self.policy):
                 logits, _ = forward_response(self.policy, batch)
         return pm.token_logprobs(logits, batch.response_ids)
 
@@ -394,9 +368,7 @@ class PpoTrainer:
         return batch, metrics
 
     def _ptx_loss(self, step: int) -> torch.Tensor:
-        from mova.inference.generation import tokenizer_of
-
-        tok = tokenizer_of(self.processor)
+        tok = self.processor.tokenizer
         n = len(self.ptx)
         texts = [self.ptx[(step * self.ppo.ptx_batch_size + i) % n] for i in range(self.ppo.ptx_batch_size)]
         enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=512)
@@ -558,15 +530,7 @@ class PpoTrainer:
     def save_final(self) -> str:
         final = self.out_dir / "final"
         if self.rank == 0:
-            policy = unwrap(self.policy)
-            if hasattr(policy, "merge_and_unload"):
-                policy = copy.deepcopy(policy).merge_and_unload()
-            base = mova_base(policy)
-            if base is not None and hasattr(base.language_model, "merge_and_unload"):
-                policy = copy.deepcopy(policy)
-                policy.language_model = policy.language_model.merge_and_unload()
-            policy.save_pretrained(final)
-            self.processor.save_pretrained(final)
+            self.kind.save(self.policy, final, self.processor)
             if self.critic_engine is not None:
                 unwrap(self.critic_engine.module).save_pretrained(self.out_dir / "critic", processor=self.processor)
         self._barrier()

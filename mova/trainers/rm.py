@@ -16,7 +16,6 @@ Checkpoints, resume, the non-finite-loss guard, progress, TensorBoard and ``summ
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -27,41 +26,23 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from mova.config import RunConfig, to_dict
-from mova.data.pairs import PaddedPairCollator, PairDataset, PairEncoder, SharedPromptCollator
+from mova.data.batch import to_device
+from mova.data.pairs import PairDataset, PairEncoder, pair_collator
 from mova.data.preference import load_pairs
-from mova.errors import ConfigError, UnknownNameError
-from mova.rl.engine import unwrap
+from mova.errors import ConfigError
+from mova.model.policy import load_policy, policy_kind, unwrap
 from mova.rl.reward_model import RewardModel, pair_scores
 from mova.trainers.base import MovaTrainer, resolve_resume, write_report
 from mova.trainers.rm_config import RmConfig
-from mova.trainers.rm_loss import CONTRASTIVE, check_rm_loss_options, rm_loss, simcse_loss, swav_loss, weakest_pairs
+from mova.trainers.rm_loss import check_rm_loss_options, rm_loss, simcse_loss, swav_loss, weakest_pairs
 
 logger = logging.getLogger(__name__)
 
 
 
-PAIR_ENCODINGS = {"shared": SharedPromptCollator, "padded": PaddedPairCollator}
-FEATURES = ("difference", "response")
-
-
-def pair_collator(encoding: str, pad_token_id: int, max_tokens: int = 512) -> Any:
-    if encoding not in PAIR_ENCODINGS:
-        raise UnknownNameError("rm.pair_encoding", encoding, PAIR_ENCODINGS)
-    if encoding == "shared":
-        return SharedPromptCollator(pad_token_id, max_tokens)
-    return PaddedPairCollator(pad_token_id)
-
-
 def check_rm_config(rm: RmConfig, has_strength: bool) -> None:
+    """Combinations the types and ranges of :class:`RmConfig` cannot refuse on their own."""
     check_rm_loss_options(rm.loss, rm.label_smoothing, rm.margin_scale, has_strength, rm.flip_fraction)
-    if rm.contrastive not in CONTRASTIVE:
-        raise UnknownNameError("rm.contrastive", rm.contrastive, CONTRASTIVE)
-    if rm.contrastive_features not in FEATURES:
-        raise UnknownNameError("rm.contrastive_features", rm.contrastive_features, FEATURES)
-    if rm.pair_encoding not in PAIR_ENCODINGS:
-        raise UnknownNameError("rm.pair_encoding", rm.pair_encoding, PAIR_ENCODINGS)
-    if rm.metarm_path and rm.metarm_every < 1:
-        raise ConfigError(f"rm.metarm_every must be >= 1, got {rm.metarm_every}")
 
 
 # --- data ----------------------------------------------------------------------------------------------
@@ -134,7 +115,6 @@ class RmTrainer(MovaTrainer):
         self.meta = meta
         # compute_loss returns a per-pair mean: the base divides by gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -178,10 +158,7 @@ class RmTrainer(MovaTrainer):
             aux = self.contrastive_loss(model, out.hidden_states[rows, cols], n)
             loss = loss + opts.contrastive_weight * aux
             metrics[f"loss/{opts.contrastive}"] = aux.detach()
-        values = torch.stack([v.float() for v in metrics.values()])
-        values = self.accelerator.reduce(values, reduction="mean")
-        for name, value in zip(metrics, values.tolist()):
-            self._metrics[name].append(value)
+        self.record_metrics(metrics)
         return (loss, out) if return_outputs else loss
 
     def contrastive_loss(self, model: torch.nn.Module, features: torch.Tensor, n: int) -> torch.Tensor:
@@ -194,35 +171,8 @@ class RmTrainer(MovaTrainer):
         prototypes = unwrap(model).aux["swav"].weight
         return swav_loss(v1, v2, prototypes, opts.contrastive_temperature, opts.swav_epsilon, opts.swav_iterations)
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._metrics:
-            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items()})
-            self._metrics.clear()
-        super().log(logs, start_time)
-
-
-# --- model ---------------------------------------------------------------------------------------------
-def load_backbone(cfg: RunConfig) -> tuple[torch.nn.Module, Any, bool]:
-    """``(backbone, processor_or_tokenizer, is_mova)``: a Mova checkpoint, a text LM, or a fresh Mova model
-    (the same sources as DPO's policy)."""
-    from mova.trainers.dpo import load_policy
-
-    return load_policy(cfg)
-
-
-def configure_backbone(model: torch.nn.Module, cfg: RunConfig, is_mova: bool) -> tuple[torch.nn.Module, dict[str, int]]:
-    """Freeze what reward modelling keeps fixed (experts; the fusion network unless asked); LoRA if configured."""
-    from mova.trainers.stages import configure_llm_training
-
-    return configure_llm_training(model, cfg, is_mova, cfg.section("rm").train_fusion)
-
 
 # --- evaluation ----------------------------------------------------------------------------------------
-def _to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else
-            ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in batch.items()}
-
-
 @torch.no_grad()
 def score_pair_dataset(rm: RewardModel, dataset: PairDataset, collator: Any, batch_size: int = 16,
                        device: Any = None, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +185,7 @@ def score_pair_dataset(rm: RewardModel, dataset: PairDataset, collator: Any, bat
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
     for batch in tqdm(loader, desc="score pairs", disable=not progress):
         idx = batch["pair_index"]
-        c, r, _, _ = pair_scores(rm, _to_device(batch, device), len(idx))
+        c, r, _, _ = pair_scores(rm, to_device(batch, device), len(idx))
         r_c[idx], r_r[idx] = c.double().cpu(), r.double().cpu()
     rm.train(was_training)
     return r_c, r_r
@@ -247,17 +197,9 @@ def preference_metrics(r_c: torch.Tensor, r_r: torch.Tensor) -> dict[str, float]
             "chosen": float(r_c.mean()), "rejected": float(r_r.mean()), "pairs": int(r_c.numel())}
 
 
-def build_pair_dataset(cfg: RunConfig, processor: Any, is_mova: bool, pairs: Any, template: str) -> PairDataset:
+def build_pair_dataset(cfg: RunConfig, processor: Any, pairs: Any, template: str) -> PairDataset:
     encoder = PairEncoder(processor, template, max_length=cfg.data.max_length)
     return PairDataset(pairs, encoder, skip_invalid=cfg.data.skip_bad_records)
-
-
-def default_template(cfg: RunConfig, backbone: torch.nn.Module, processor: Any, is_mova: bool) -> str:
-    if cfg.data.template:
-        return cfg.data.template
-    if is_mova:
-        return unwrap(backbone).config.template
-    return "tokenizer" if getattr(processor, "chat_template", None) else "raw"
 
 
 # --- entry point ---------------------------------------------------------------------------------------
@@ -285,18 +227,19 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
         pairs = PairView(pairs, set(flipped), train_positions)
         if strength_all is not None:
             strength_all = strength_all[torch.tensor(pairs.positions, dtype=torch.long)]
-    backbone, processor, is_mova = load_backbone(cfg)
-    backbone, trainable = configure_backbone(backbone, cfg, is_mova)
+    backbone, processor = load_policy(cfg.init_from, cfg.model)
+    kind = policy_kind(backbone)
+    backbone, trainable = kind.make_trainable(backbone, lora=cfg.train.lora, train_fusion=opts.train_fusion,
+                                              unfreeze_experts=cfg.train.unfreeze_experts)
     model = RewardModel.from_backbone(backbone)
     hidden = model.score_head.in_features
     if opts.contrastive == "swav":
         model.aux["swav"] = torch.nn.Linear(hidden, opts.swav_prototypes, bias=False)
     trainable["score_head"] = hidden + 1
-    template = default_template(cfg, backbone, processor, is_mova)
-    dataset = build_pair_dataset(cfg, processor, is_mova, pairs, template)
+    template = cfg.data.template or kind.default_template(backbone, processor)
+    dataset = build_pair_dataset(cfg, processor, pairs, template)
     strength = strength_all[torch.tensor(dataset.keep)].float() if strength_all is not None else None
-    tokenizer = processor.tokenizer if is_mova else processor
-    collator = pair_collator(opts.pair_encoding, tokenizer.pad_token_id, opts.max_tokens_per_row)
+    collator = pair_collator(opts.pair_encoding, processor.pad_token_id(), opts.max_tokens_per_row)
     args = training_arguments(cfg)
     meta = None
     if opts.metarm_path:
@@ -312,10 +255,7 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
     resume = resolve_resume(args.output_dir, cfg.train.resume_from_checkpoint)
     trainer.train(resume_from_checkpoint=resume)
     if cfg.train.lora.r > 0 and cfg.train.lora.merge:
-        if is_mova:
-            backbone.language_model = backbone.language_model.merge_and_unload()
-        else:
-            model.backbone = backbone.merge_and_unload()
+        model.backbone = kind.merge_adapters(model.backbone)
     final = Path(args.output_dir) / "final"
     extra: dict[str, Any] = {"stage": "rm", "template": template, "data": dataset.summary(),
                              "trainable_params": trainable, "final_model": str(final), "flipped_pairs": len(flipped)}
@@ -324,7 +264,7 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
         model.save_pretrained(final, processor, extra={"template": template})
     if cfg.data.eval_data_path:
         eval_pairs = load_pairs(cfg.data, held_out=True)
-        eval_ds = build_pair_dataset(cfg, processor, is_mova, eval_pairs, template)
+        eval_ds = build_pair_dataset(cfg, processor, eval_pairs, template)
         r_c, r_r = score_pair_dataset(model, eval_ds, collator, opts.eval_batch_size, args.device,
                                       progress=trainer.is_world_process_zero())
         extra["eval"] = preference_metrics(r_c, r_r)

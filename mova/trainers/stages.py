@@ -21,6 +21,7 @@ from mova.data.llava import LlavaDataset, MovaCollator, PackedCollator, dataset_
 from mova.errors import ConfigError, UnknownNameError
 from mova.model.builder import build_model, load_pretrained
 from mova.model.modeling_mova import MovaForCausalLM
+from mova.model.policy import policy_kind
 from mova.trainers.base import MovaTrainer, resolve_resume, write_report
 
 logger = logging.getLogger(__name__)
@@ -50,50 +51,11 @@ def stage_spec(name: str) -> StageSpec:
 
 def configure_trainable(model: MovaForCausalLM, spec: StageSpec, cfg: RunConfig) -> dict[str, int]:
     """Freeze everything, then unfreeze what the stage trains; returns trainable counts per part."""
-    model.requires_grad_(False)
-    model.fusion.requires_grad_(spec.train_fusion)
-    lora = cfg.train.lora
-    if spec.train_llm and lora.r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-        model.language_model = get_peft_model(model.language_model, peft_cfg)
-    elif spec.train_llm:
-        model.language_model.requires_grad_(True)
-    for name in cfg.train.unfreeze_experts:
-        if name not in model.experts:
-            raise UnknownNameError("expert to unfreeze", name, model.experts.keys())
-        expert = model.experts[name]
-        expert.cfg.frozen = False
-        expert.requires_grad_(True)
-    counts = {part: sum(p.numel() for p in getattr(model, part).parameters() if p.requires_grad)
-              for part in ("experts", "fusion", "language_model")}
+    _, counts = policy_kind(model).make_trainable(model, lora=cfg.train.lora, train_llm=spec.train_llm,
+                                                  train_fusion=spec.train_fusion,
+                                                  unfreeze_experts=cfg.train.unfreeze_experts)
     logger.info("trainable parameters: %s", counts)
     return counts
-
-
-def configure_llm_training(model: torch.nn.Module, cfg: RunConfig, is_mova: bool,
-                           train_fusion: bool) -> tuple[torch.nn.Module, dict[str, int]]:
-    """Make a model trainable the way the preference and RL stages (dpo, rm, ppo) train it.
-
-    A Mova model: the experts stay frozen (unless ``train.unfreeze_experts``), the fusion network trains
-    only with ``train_fusion``, the LLM trains fully or through LoRA (``train.lora.r``). A plain causal LM:
-    LoRA when ``train.lora.r > 0`` (the model comes back wrapped by peft), else every weight. Returns the
-    model to train and its trainable parameter counts.
-    """
-    if is_mova:
-        spec = StageSpec(train_fusion=train_fusion, train_llm=True, default_template=None)
-        return model, configure_trainable(model, spec, cfg)
-    lora = cfg.train.lora
-    if lora.r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
-    else:
-        model.requires_grad_(True)
-    return model, {"language_model": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 def zero_stage(deepspeed: str | None) -> int:
@@ -190,7 +152,7 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
     trainer.train(resume_from_checkpoint=resume)
     final = Path(args.output_dir) / "final"
     if cfg.train.lora.r > 0 and cfg.train.lora.merge and spec.train_llm:
-        model.language_model = model.language_model.merge_and_unload()
+        policy_kind(model).merge_adapters(model)
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         processor.save_pretrained(final)

@@ -32,20 +32,17 @@ from transformers import set_seed
 
 from mova.config import RunConfig, TrainConfig
 from mova.errors import DataError
+from mova.model.policy import policy_kind
+from mova.model.processing_text import as_processor
 from mova.trainers.base import MovaTrainer, resolve_resume, write_report
 
 logger = logging.getLogger(__name__)
 
 
-def _tokenizer(processor: Any) -> Any:
-    return processor.tokenizer if hasattr(processor, "tokenizer") and hasattr(processor, "process_images") \
-        else processor
-
-
 def encode_prompt_answer(tokenizer: Any, prompt: str, answer: str, *, separator: str = " ",
                          max_length: int | None = None, where: str = "record") -> dict[str, list[int]]:
     """``input_ids`` and ``labels`` (-100 over BOS and the prompt) of one sample."""
-    tok = _tokenizer(tokenizer)
+    tok = as_processor(tokenizer).tokenizer
     prompt_ids = tok(prompt, add_special_tokens=False).input_ids
     answer_ids = tok(separator + answer if answer else answer, add_special_tokens=False).input_ids
     if tok.eos_token_id is not None:
@@ -119,34 +116,6 @@ class _ExtraLossTrainer(MovaTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def _is_mova(model: Any) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) == "mova"
-
-
-def _apply_lora(model: Any, train_cfg: TrainConfig) -> Any:
-    """Wrap the LLM in LoRA adapters (the model object's modules are replaced in place by peft)."""
-    from peft import LoraConfig, get_peft_model
-
-    lora = train_cfg.lora
-    peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    if _is_mova(model):
-        model.requires_grad_(False)
-        model.language_model = get_peft_model(model.language_model, peft_cfg)
-        return model
-    return get_peft_model(model, peft_cfg)
-
-
-def _remove_lora(model: Any, wrapped: Any, train_cfg: TrainConfig, out_dir: Path) -> None:
-    """Merge the adapters into ``model`` (``lora.merge``) or save them to ``out_dir/adapter`` and drop them."""
-    peft_model = wrapped.language_model if _is_mova(model) else wrapped
-    if not train_cfg.lora.merge:
-        peft_model.save_pretrained(str(out_dir / "adapter"))
-    base = peft_model.merge_and_unload() if train_cfg.lora.merge else peft_model.unload()
-    if _is_mova(model):
-        model.language_model = base
-
-
 def train_prompt_answer(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], train_cfg: TrainConfig,
                         out_dir: str | Path, *, separator: str = " ", max_length: int | None = None,
                         extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None,
@@ -164,18 +133,15 @@ def train_prompt_answer(model: Any, tokenizer: Any, records: Sequence[dict[str, 
     out_dir = Path(out_dir)
     if not records:
         raise DataError(f"{out_dir}: no training records")
-    tok = _tokenizer(tokenizer)
+    tok = as_processor(tokenizer).tokenizer
     set_seed(train_cfg.seed)
     dataset = PromptAnswerDataset(records, tok, separator=separator, max_length=max_length)
     cfg = RunConfig(stage="text_sft", train=train_cfg)
     cfg.train = TrainConfig(**{**train_cfg.__dict__, "output_dir": str(out_dir)})
     args = training_arguments(cfg)
-    wrapped = _apply_lora(model, train_cfg) if train_cfg.lora.r > 0 else model
-    if train_cfg.lora.r == 0 and _is_mova(model):
-        model.requires_grad_(False)  # text only: the experts and the fusion network get no gradient
-        model.language_model.requires_grad_(True)
-    elif train_cfg.lora.r == 0:
-        model.requires_grad_(True)
+    kind = policy_kind(model)
+    # text only: a Mova model's experts and fusion network get no gradient, its LLM trains (or its adapters)
+    wrapped, counts = kind.make_trainable(model, lora=train_cfg.lora)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     trainer = _ExtraLossTrainer(model=wrapped, args=args, train_dataset=dataset,
                                 data_collator=PromptAnswerCollator(pad), extra_loss=extra_loss,
@@ -183,9 +149,10 @@ def train_prompt_answer(model: Any, tokenizer: Any, records: Sequence[dict[str, 
                                 group_by_modality_length=False, callbacks=callbacks)
     resume = resolve_resume(str(out_dir), train_cfg.resume_from_checkpoint)
     trainer.train(resume_from_checkpoint=resume)
-    if train_cfg.lora.r > 0:
-        _remove_lora(model, wrapped, train_cfg, out_dir)
-    trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad) if train_cfg.lora.r == 0 else None
+    if train_cfg.lora.r > 0:  # merged into the caller's model object, or saved to out_dir/adapter and dropped
+        kind.unload_adapters(wrapped, merge=train_cfg.lora.merge,
+                             save_dir=None if train_cfg.lora.merge else out_dir / "adapter")
+    trainable = sum(counts.values()) if train_cfg.lora.r == 0 else None
     extra = {"stage": "text_sft", "samples": len(dataset), "lora_r": train_cfg.lora.r,
              "trainable_params": trainable, **(summary_extra or {})}
     return write_report(trainer, out_dir, extra)
