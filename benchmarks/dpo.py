@@ -149,9 +149,8 @@ def run_vlm(root: Path, steps: int, encoding: str) -> dict[str, Any]:
     import torch
     from train_throughput import model_config
 
-    from mova.data.pairs import PairEncoder
+    from mova.data.pairs import PairEncoder, pair_collator
     from mova.model.builder import build_model
-    from mova.trainers.dpo import pair_collator
     from mova.trainers.dpo_config import DpoConfig
     from mova.trainers.dpo_loss import dpo_loss
     from tests.conftest import random_image

@@ -213,8 +213,8 @@ def test_step0_loss_and_margins_match_trl(tmp_path, loss_type):
     b = SharedPromptCollator(tok.pad_token_id, 256)(encoded)
     ours, ours_ref = load(False), load(True)
     with torch.no_grad():
-        pc, pr, nc, nr = response_logps(ours, b, len(pairs), is_mova=False)
-        rc, rr, _, _ = response_logps(ours_ref, b, len(pairs), is_mova=False)
+        pc, pr, nc, nr = response_logps(ours, b, len(pairs))
+        rc, rr, _, _ = response_logps(ours_ref, b, len(pairs))
     out = dpo_loss(pc, pr, rc, rr, beta=0.2, loss_type=loss_type, chosen_tokens=nc, rejected_tokens=nr)
     # relative: the IPO loss is a square of ~2.7 (about 7.4) while the sigmoid loss is about 0.69
     assert out.losses.mean().item() == pytest.approx(trl_loss.item(), rel=1e-5, abs=1e-6)

@@ -9,7 +9,6 @@ import shutil
 import pytest
 import torch
 
-import mova.cache_cli  # noqa: F401 - registers `mova cache-features`
 import mova.data.feature_cache as fc
 from mova.cli import main
 from mova.config import ExpertConfig

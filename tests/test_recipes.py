@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mova.cli import TRAIN_STAGES, _register_plugins
+from mova.cli.train import STAGES as TRAIN_STAGES
 from mova.config import load_run_config
 from mova.trainers.dpo import check_reference
 from mova.trainers.dpo_loss import check_loss_options
@@ -18,7 +18,6 @@ OWN_FORMAT = {"tiny_continual"}
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_loads(path):
-    _register_plugins()
     if path.stem in OWN_FORMAT:
         from mova.continual.config import load_continual_config
 

@@ -117,15 +117,16 @@ def test_metarm_training_path_with_policy_samples(synth, tmp_path):
 
 def _vlm_metrics_before(init: Path, data: Path, cfg) -> dict:
     """The untrained reward model's held-out metrics (same data and layout as the run's evaluation)."""
+    from mova.data.pairs import pair_collator
     from mova.data.preference import load_pair_source
     from mova.model.builder import load_pretrained
-    from mova.trainers.rm import build_pair_dataset, pair_collator, preference_metrics, score_pair_dataset
+    from mova.trainers.rm import build_pair_dataset, preference_metrics, score_pair_dataset
 
     model, processor = load_pretrained(str(init))
     torch.manual_seed(0)
     rm = RewardModel.from_backbone(model)
     pairs = load_pair_source(str(data), spavl_config="validation")
-    ds = build_pair_dataset(cfg, processor, True, pairs, model.config.template)
+    ds = build_pair_dataset(cfg, processor, pairs, model.config.template)
     r_c, r_r = score_pair_dataset(rm, ds, pair_collator("shared", processor.tokenizer.pad_token_id), progress=False)
     return preference_metrics(r_c, r_r)
 
@@ -154,7 +155,7 @@ def test_vlm_rm_on_the_mini_spavl(tmp_path):
     assert summary["eval"]["margin"] > before["margin"] + 1.0
     assert summary["last_loss"] < summary["first_loss"]
     rm, processor = load_reward_model(summary["final_model"])
-    assert rm.is_mova and rm.score_head.in_features == model.config.text_config.hidden_size
+    assert rm.kind.name == "mova" and rm.score_head.in_features == model.config.text_config.hidden_size
 
 
 def test_two_process_zero2_rm_matches_one_process(synth, tmp_path):

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mova.cli import register_command
+from mova.cli.command import Command
 
 
 def add_polish_args(p: argparse.ArgumentParser) -> None:
@@ -86,5 +86,5 @@ def run_polish(args: argparse.Namespace) -> int:
     return 0
 
 
-register_command("polish", "Self-Polish: rewrite maths problems before answering; accuracy with and without",
-                 add_polish_args, run_polish)
+COMMAND = Command("polish", "Self-Polish: rewrite maths problems before answering; accuracy with and without",
+                  add_polish_args, run_polish)

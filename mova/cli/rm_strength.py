@@ -1,6 +1,5 @@
-"""``mova train rm`` (reward-model training) and ``mova rm-strength`` (preference strength from M models).
+"""``mova rm-strength``: preference strength of every pair from M reward models (Secrets of RLHF II).
 
-    mova train rm --config train/configs/tiny_rm.yaml
     mova rm-strength --config train/configs/tiny_rm.yaml --models 3 --out-dir runs/rm-strength
 """
 
@@ -8,20 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from mova.cli import register_command, register_train_stage
-
-
-def _run_rm(config: str | None, overrides: list[str]) -> dict[str, Any]:
-    from mova.config import load_run_config
-    from mova.trainers.rm import run_rm
-
-    return run_rm(load_run_config(config, overrides, stage="rm"))
-
-
-register_train_stage("rm", "reward model (Bradley-Terry; flip / smoothing / margin / contrastive / MetaRM options)",
-                     _run_rm)
+from mova.cli.command import Command
 
 
 def _strength_args(p: argparse.ArgumentParser) -> None:
@@ -37,7 +24,7 @@ def _strength_args(p: argparse.ArgumentParser) -> None:
 
 def _strength_run(args: argparse.Namespace) -> int:
     from mova.config import load_run_config
-    from mova.rl.strength import compute_strength
+    from mova.trainers.rm_strength import compute_strength
 
     cfg = load_run_config(args.config, list(args.overrides), stage="rm")
     result = compute_strength(cfg, args.models, args.out_dir, args.batch_size, args.holdout)
@@ -45,5 +32,5 @@ def _strength_run(args: argparse.Namespace) -> int:
     return 0
 
 
-register_command("rm-strength", "train M reward models and write each pair's preference strength (mean, std)",
-                 _strength_args, _strength_run)
+COMMAND = Command("rm-strength", "train M reward models and write each pair's preference strength (mean, std)",
+                  _strength_args, _strength_run)

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from mova.cli import register_command
+from mova.cli.command import Command
 from mova.errors import ConfigError
 
 
@@ -90,5 +90,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-register_command("export", "write a Hugging Face release folder (remote code, card), optionally upload it",
-                 _args, _run)
+COMMAND = Command("export", "write a Hugging Face release folder (remote code, card), optionally upload it",
+                  _args, _run)

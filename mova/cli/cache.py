@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mova.cli import register_command
+from mova.cli.command import Command
 from mova.errors import ConfigError
 
 
@@ -91,5 +91,5 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-register_command("cache-features", "run the frozen experts over a dataset's images once and cache their features",
-                 _args, _run)
+COMMAND = Command("cache-features", "run the frozen experts over a dataset's images once and cache their features",
+                  _args, _run)

@@ -1,0 +1,116 @@
+"""``mova train STAGE --config RECIPE [key=value ...]``: train one stage; prints the run summary as JSON.
+
+:data:`STAGES` maps each stage to its help line and runner (``runner(recipe, overrides) -> summary``); runners
+import their trainer only when called, so ``mova -h`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+from mova.cli.command import Command
+from mova.registry import Registry
+
+Runner = Callable[[str | None, list[str]], dict[str, Any]]
+#: stage name -> (help line, runner).
+STAGES: Registry[tuple[str, Runner]] = Registry("train stage")
+
+#: summary keys ``mova train`` prints when a runner returns them.
+SUMMARY_KEYS = ("stage", "global_step", "first_loss", "last_loss", "train_runtime_s", "tokens_per_second",
+                "nonfinite_steps_skipped", "data", "final_model", "results")
+
+
+def stage(name: str, help_text: str) -> Callable[[Runner], Runner]:
+    """Decorator: add ``mova train NAME``."""
+
+    def add(run: Runner) -> Runner:
+        STAGES.register(name, (help_text, run))
+        return run
+
+    return add
+
+
+def _base_stage(name: str) -> Runner:
+    def run(config: str | None, overrides: list[str]) -> dict[str, Any]:
+        from mova.config import load_run_config
+        from mova.trainers.stages import run_stage
+
+        return run_stage(load_run_config(config, overrides, stage=name))
+
+    return run
+
+
+stage("align", "train the fusion network on caption data (LLM and experts frozen)")(_base_stage("align"))
+stage("sft", "fine-tune the fusion network and the LLM on instruction data")(_base_stage("sft"))
+
+
+@stage("dpo", "preference optimisation on SPA-VL or text pairs")
+def _dpo(config: str | None, overrides: list[str]) -> dict[str, Any]:
+    from mova.config import load_run_config
+    from mova.trainers.dpo import run_dpo
+
+    return run_dpo(load_run_config(config, overrides, stage="dpo"))
+
+
+@stage("rm", "reward model (Bradley-Terry; flip / smoothing / margin / contrastive / MetaRM options)")
+def _rm(config: str | None, overrides: list[str]) -> dict[str, Any]:
+    from mova.config import load_run_config
+    from mova.trainers.rm import run_rm
+
+    return run_rm(load_run_config(config, overrides, stage="rm"))
+
+
+@stage("ppo", "PPO / PPO-max against a reward model or a reward function (text or VLM)")
+def _ppo(config: str | None, overrides: list[str]) -> dict[str, Any]:
+    from mova.config import load_run_config
+    from mova.trainers.ppo import run_ppo
+
+    summary = run_ppo(load_run_config(config, overrides, stage="ppo"))
+    last = summary["last_metrics"]
+    return {"stage": "ppo", "iterations": summary["iterations"], "train_runtime_s": summary["train_runtime_s"],
+            **{k: last.get(k) for k in ("objective/reward", "objective/kl", "objective/ppl", "response_length")},
+            "collapse_warnings": len(summary["collapse_warnings"]), "final_model": summary["final_model"]}
+
+
+@stage("r3", "R3 reverse-curriculum RL for reasoning on the PPO trainer (schedule none: plain PPO)")
+def _r3(config: str | None, overrides: list[str]) -> dict[str, Any]:
+    from mova.config import load_run_config
+    from mova.trainers.r3 import run_r3
+
+    summary = run_r3(load_run_config(config, overrides, stage="r3"))
+    last = summary["last_metrics"]
+    return {"stage": "r3", "iterations": summary["iterations"], "train_runtime_s": summary["train_runtime_s"],
+            **{k: last.get(k) for k in ("objective/reward", "objective/kl", "curriculum/stage", "curriculum/mean_k")},
+            "final_model": summary["final_model"]}
+
+
+@stage("continual", "train tasks in sequence (TRACE; seqft / lora / replay / ewc / rcl) and report the score "
+       "matrix, OP, BWT and FWT")
+def _continual(config: str | None, overrides: list[str]) -> dict[str, Any]:
+    from mova.continual.config import load_continual_config
+    from mova.continual.loop import run_continual
+
+    summary = run_continual(load_continual_config(config, overrides))
+    print(summary["table"])
+    return summary
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stage", choices=sorted(STAGES), metavar="STAGE",
+                   help=" | ".join(f"{k}: {v[0]}" for k, v in sorted(STAGES.items())))
+    p.add_argument("--config", help="a stage YAML (train/configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50")
+
+
+def _run(args: argparse.Namespace) -> int:
+    summary = STAGES[args.stage][1](args.config, list(args.overrides))
+    # the usual keys, plus any other scalar a stage reports (PPO's objective/reward, ...)
+    shown = {k: v for k, v in summary.items() if k in SUMMARY_KEYS or isinstance(v, (int, float, str, type(None)))}
+    print(json.dumps(shown, indent=2, default=str))
+    return 0
+
+
+COMMAND = Command("train", "train a stage from a YAML recipe with key=value overrides", _add_args, _run)
