@@ -2,7 +2,7 @@
 
 For each seed and noise level: write separable synthetic text preferences (:mod:`mova.data.synthetic_prefs`)
 with that share of training labels flipped (the test pairs are clean), score the training pairs' preference
-strength with an ensemble of reward models (:func:`mova.rl.strength.compute_strength`), then train one reward
+strength with an ensemble of reward models (:func:`mova.trainers.rm_strength.compute_strength`), then train one reward
 model per method on the tiny 2-layer Llama and score the clean test pairs. Prints a markdown table (mean and
 spread over seeds) and writes ``results.json``.
 
@@ -54,7 +54,7 @@ def _cfg(lm: Path, train: Path, out: Path, steps: int, batch: int, lr: float, se
 def run_combo(args: argparse.Namespace, lm: Path, seed: int, noise: float, methods: list[str]) -> dict[str, Any]:
     """Data, strength ensemble and one reward model per method for one (seed, noise); written to result.json."""
     from mova.data.synthetic_prefs import write_synthetic_prefs
-    from mova.rl.strength import compute_strength
+    from mova.trainers.rm_strength import compute_strength
     from mova.trainers.rm import run_rm
 
     out = Path(args.out_dir)

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mova.data.pairs import PaddedPairCollator, PairEncoder, SharedPromptCollator
+from mova.data.strength import load_strength, strength_columns, write_strength
 from mova.errors import ConfigError, DataError
 from mova.model.builder import build_model
 from mova.rl.reward_model import (
@@ -21,7 +22,6 @@ from mova.rl.reward_model import (
     pair_scores,
     score_texts,
 )
-from mova.rl.strength import load_strength, strength_columns, write_strength
 from mova.trainers.metarm import MetaPrompt, MetaRmStep, MetaSet, difference_loss, sample_meta_set
 from mova.trainers.rm_loss import rm_loss, simcse_loss, sinkhorn, swav_loss, weakest_pairs
 from tests.conftest import random_image, save_tiny_text_lm, tiny_model_config

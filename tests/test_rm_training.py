@@ -64,7 +64,7 @@ def test_text_rm_reaches_high_held_out_accuracy_on_separable_prefs(synth, tmp_pa
 
 
 def test_strength_columns_equal_direct_scoring_and_drive_flip_margin_and_aux_losses(synth, tmp_path):
-    from mova.rl.strength import compute_strength
+    from mova.trainers.rm_strength import compute_strength
 
     root, train, _ = synth
     cfg = load_run_config(None, [f"init_from={root / 'lm'}", f"data.data_path={train}", "data.limit=16",

@@ -87,7 +87,7 @@ class PairView:
 
 def pair_strength(cfg: RunConfig, pairs: Any) -> torch.Tensor | None:
     """Each pair's strength mean (``[len(pairs)]``), from ``rm.strength_path`` or the pairs' own column."""
-    from mova.rl.strength import load_strength
+    from mova.data.strength import load_strength
 
     rm = cfg.section("rm")
     if rm.strength_path:

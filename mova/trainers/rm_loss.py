@@ -2,7 +2,7 @@
 
 Every preference loss is a function of ``d = r_c - r_r`` (the reward gap of a pair, chosen minus
 rejected) and optionally of the pair's preference strength ``u`` (the mean of ``d`` over an ensemble of
-reward models, :mod:`mova.rl.strength`). With ``p = sigmoid(d - m)``:
+reward models, :mod:`mova.trainers.rm_strength`). With ``p = sigmoid(d - m)``:
 
 * ``bt`` -- Bradley-Terry: ``-log p``.
 * ``label_smoothing`` -- ``-(1 - a) log p - a log(1 - p)``: never fully trusts a label, so a wrong one

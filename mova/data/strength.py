@@ -1,11 +1,11 @@
-"""Preference strength: how strongly an ensemble of reward models agrees with each pair's label.
+"""Preference strength files: each pair's strength from an ensemble of reward models, and the pure maths.
 
-Train M reward models on the same pairs with different seeds (head initialisation and data order),
-score every pair with each, and take ``d_m = r_c - r_r`` per model. A pair's strength is the mean of
-``d_m`` over the models and its uncertainty their standard deviation (over M, not M - 1, as in Secrets
-of RLHF part II). A strongly negative mean marks a pair the models collectively find mislabelled; a mean
-near zero an ambiguous one. ``mova train rm`` reads these columns for label flipping, soft labels and
-the adaptive margin.
+:mod:`mova.trainers.rm_strength` trains the ensemble. The method: train M reward models on the same pairs
+with different seeds (head initialisation and data order), score every pair with each, and take
+``d_m = r_c - r_r`` per model. A pair's strength is the mean of ``d_m`` over the models and its uncertainty
+their standard deviation (over M, not M - 1, as in Secrets of RLHF part II). A strongly negative mean marks
+a pair the models collectively find mislabelled; a mean near zero an ambiguous one. ``mova train rm`` reads
+these columns for label flipping, soft labels and the adaptive margin.
 
 Output: a JSONL with one row per pair of the source, in source order -- ``position`` (the pair's index
 in the loaded source), ``id``, ``strength_mean``, ``strength_std`` and ``strength_diffs`` (the M values) --
@@ -14,7 +14,6 @@ and, for a text JSONL source, a copy of the source with the same columns added t
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -23,7 +22,6 @@ from typing import Any
 
 import torch
 
-from mova.config import RunConfig
 from mova.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -122,66 +120,3 @@ def annotate_text_source(source: str | Path, out: str | Path, pairs: Any, diffs:
     else:
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
-
-
-def compute_strength(cfg: RunConfig, num_models: int, out_dir: str | Path, batch_size: int = 16,
-                     holdout: float = 0.0) -> dict[str, Any]:
-    """Train ``num_models`` reward models (seeds ``train.seed + m``), score every pair, write the columns.
-
-    The models are plain reward models: the strength options of ``cfg.rm`` (flip, margin, soft labels,
-    strength path) are switched off for them. With ``holdout`` = 0 (the paper's setting) every model
-    trains on every pair and scores every pair. A model that memorises its training pairs then agrees with
-    every label, wrong ones included; ``holdout`` > 0 makes each model leave out that share of the pairs
-    (:func:`holdout_folds`) and a pair's strength comes only from models that never trained on it.
-    Returns a summary with the output paths.
-    """
-    from mova.data.pairs import pair_collator
-    from mova.data.preference import load_pairs
-    from mova.rl.reward_model import load_reward_model
-    from mova.trainers.rm import build_pair_dataset, run_rm, score_pair_dataset
-
-    if num_models < 2:
-        raise ConfigError(f"preference strength needs at least 2 reward models, got {num_models}")
-    out_dir = Path(out_dir)
-    opts = cfg.section("rm")
-    pairs = load_pairs(cfg.data)
-    diffs = torch.full((num_models, len(pairs)), float("nan"), dtype=torch.float64)
-    folds = holdout_folds(len(pairs), num_models, holdout, cfg.train.seed) if holdout > 0 else None
-    summaries = []
-    for m in range(num_models):
-        sub = copy.deepcopy(cfg)
-        sub_opts = sub.section("rm")
-        sub_opts.loss, sub_opts.flip_fraction, sub_opts.margin_scale, sub_opts.strength_path = "bt", 0.0, 0.0, None
-        sub.data.eval_data_path = None
-        sub.train.seed = cfg.train.seed + m
-        sub.train.output_dir = str(out_dir / f"model-{m}")
-        summary = run_rm(sub, folds[m] if folds is not None else None)
-        summaries.append({"seed": sub.train.seed, "final_model": summary["final_model"],
-                          "last_loss": summary.get("last_loss")})
-        rm, processor = load_reward_model(summary["final_model"])
-        template = json.loads((Path(summary["final_model"]) / "reward_model.json").read_text())["template"]
-        dataset = build_pair_dataset(sub, processor, pairs, template)
-        collator = pair_collator(opts.pair_encoding, processor.pad_token_id(), opts.max_tokens_per_row)
-        device = "cuda" if torch.cuda.is_available() and not cfg.train.use_cpu else "cpu"
-        r_c, r_r = score_pair_dataset(rm, dataset, collator, batch_size, device)
-        scored = torch.tensor(dataset.keep)
-        d = r_c - r_r
-        if folds is not None:  # keep only the pairs this model never trained on
-            trained = torch.zeros(len(pairs), dtype=torch.bool)
-            trained[torch.tensor(folds[m], dtype=torch.long)] = True
-            d = torch.where(trained[scored], float("nan"), d)
-        diffs[m, scored] = d
-        del rm
-    ids = list(pairs.ids)
-    path = write_strength(out_dir / "strength.jsonl", ids, diffs)
-    result: dict[str, Any] = {"strength_path": str(path), "models": summaries, "pairs": len(ids),
-                              "holdout": holdout}
-    source = cfg.data.data_path
-    if source.endswith((".jsonl", ".json")):
-        annotated = out_dir / f"pairs_with_strength{Path(source).suffix}"
-        result["annotated_data"] = str(annotate_text_source(source, annotated, pairs, diffs))
-    mean, _ = strength_columns(diffs)
-    finite = mean[torch.isfinite(mean)]
-    result["negative_share"] = float((finite < 0).double().mean()) if finite.numel() else None
-    (out_dir / "strength_summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
