@@ -35,7 +35,7 @@ def text_policy(root: Path, layers: int, width: int) -> tuple[Path, Path]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mova.config import TrainConfig
-    from mova.rl.toy_task import tiny_text_lm, write_colour_task
+    from mova.model.tiny import tiny_text_lm, write_colour_task
     from mova.trainers.text_sft import train_prompt_answer
 
     data = write_colour_task(root / "data", n_prompts=256)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from mova.rl.toy_task import COLOURS
+    from mova.data.colour_task import COLOURS
     from mova.trainers.ppo import plot_curves
 
     out = Path(args.out)

@@ -25,8 +25,8 @@ def sft(data: Path, out: Path, steps: int, seed: int, layers: int, width: int) -
 
     from mova.config import TrainConfig
     from mova.data.reasoning import load_reasoning
+    from mova.model.tiny import tiny_text_lm
     from mova.rl.curriculum import DEFAULT_PROMPTS
-    from mova.rl.toy_task import tiny_text_lm
     from mova.trainers.text_sft import train_prompt_answer
 
     final = out / "final"

@@ -54,8 +54,8 @@ def _cfg(lm: Path, train: Path, out: Path, steps: int, batch: int, lr: float, se
 def run_combo(args: argparse.Namespace, lm: Path, seed: int, noise: float, methods: list[str]) -> dict[str, Any]:
     """Data, strength ensemble and one reward model per method for one (seed, noise); written to result.json."""
     from mova.data.synthetic_prefs import write_synthetic_prefs
-    from mova.trainers.rm_strength import compute_strength
     from mova.trainers.rm import run_rm
+    from mova.trainers.rm_strength import compute_strength
 
     out = Path(args.out_dir)
     tag = f"noise{noise}-seed{seed}"

@@ -46,7 +46,7 @@ def images():
 
 def save_tiny_text_lm(folder, seed: int = 0):
     """A 2-layer, 64-wide random Llama with the repository's tiny tokenizer, saved to ``folder``."""
-    from mova.rl.toy_task import tiny_text_lm
+    from mova.model.tiny import tiny_text_lm
 
     return tiny_text_lm(folder, seed=seed)
 

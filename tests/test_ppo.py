@@ -11,9 +11,10 @@ import torch
 import yaml
 
 from mova.config import load_run_config
+from mova.data.colour_task import COLOURS, OTHERS, write_colour_task
 from mova.errors import ConfigError
 from mova.rl import rewards
-from mova.rl.toy_task import COLOURS, OTHERS, make_colour_policy, write_colour_task
+from mova.trainers.colour_policy import make_colour_policy
 from mova.trainers.ppo import CollapseDetector, PpoTrainer, run_ppo
 from mova.trainers.ppo_config import PRESETS, PpoConfig
 from tests.conftest import torchrun

@@ -6,7 +6,7 @@ import pytest
 
 from mova.config import load_run_config
 from mova.data.arith_mini import write_arith_mini
-from mova.rl.toy_task import tiny_text_lm
+from mova.model.tiny import tiny_text_lm
 from mova.trainers.r3 import R3Trainer, run_r3
 
 

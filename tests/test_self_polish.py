@@ -11,9 +11,9 @@ import pytest
 
 from mova.cli import main as cli_main
 from mova.errors import ConfigError, DataError
-from mova.inference.backends import SamplingParams
 from mova.inference.generation import Generation
 from mova.inference.polish_data import PROMPTS_DIR, Problem, PromptFile, load_problems
+from mova.inference.sampling import SamplingParams
 from mova.inference.self_polish import (
     FINAL_RULES,
     PolishConfig,

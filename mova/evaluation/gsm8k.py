@@ -202,7 +202,7 @@ def evaluate_gsm8k(generate: Generate, records: Sequence[ReasoningRecord], confi
 
 def backend_generate(backend: Any, desc: str = "gsm8k") -> Generate:
     """A :data:`Generate` over a :class:`mova.inference.GenerationBackend` (greedy)."""
-    from mova.inference.backends import SamplingParams
+    from mova.inference.sampling import SamplingParams
 
     def generate(prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
         params = SamplingParams(max_new_tokens=max_new_tokens, stop=stop)

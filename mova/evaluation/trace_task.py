@@ -23,7 +23,7 @@ from mova.evaluation.tasks import TaskContext, register_task
 @register_task("trace", "TRACE-layout continual-learning tasks, each with its own metric (accuracy, ROUGE-L, "
                         "edit similarity, SARI)")
 def trace_task(ctx: TaskContext) -> dict[str, float]:
-    from mova.inference.backends import SamplingParams
+    from mova.inference.sampling import SamplingParams
 
     order = ctx.option("order")
     if isinstance(order, str):

@@ -40,7 +40,7 @@ from typing import Any
 
 from mova.errors import ConfigError, DataError
 from mova.evaluation.tasks import TaskContext, register_task
-from mova.inference.backends import SamplingParams
+from mova.inference.sampling import SamplingParams
 from mova.model.processing_text import as_processor
 from mova.model.templates import IMAGE_PLACEHOLDER
 

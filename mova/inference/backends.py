@@ -13,26 +13,12 @@ Code that only needs "prompts in, answers out" -- Self-Polish, few-shot maths ta
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mova.errors import UnknownNameError
 from mova.inference.generation import Generation, build_prompts, generate_from_prompts, load_model
-
-
-@dataclass
-class SamplingParams:
-    """How to decode: greedy unless ``do_sample``; ``seed`` makes sampling repeatable per sample;
-    ``stop`` strings end an answer (cut before the stop string)."""
-
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = 0
-    stop: list[str] = field(default_factory=list)
+from mova.inference.sampling import SamplingParams
 
 
 @runtime_checkable
@@ -62,11 +48,9 @@ class TransformersBackend:
 
     def generate(self, prompts: Sequence[str], images: Sequence[Any] | None = None, *,
                  params: SamplingParams | None = None, desc: str = "generate") -> list[Generation]:
-        p = params or SamplingParams()
-        return generate_from_prompts(self.model, self.processor, prompts, images, batch_size=self.batch_size,
-                                     max_new_tokens=p.max_new_tokens, do_sample=p.do_sample,
-                                     temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, seed=p.seed,
-                                     stop=p.stop, progress=self.progress, desc=desc, return_details=True)
+        return generate_from_prompts(self.model, self.processor, prompts, images, params or SamplingParams(),
+                                     batch_size=self.batch_size, progress=self.progress, desc=desc,
+                                     return_details=True)
 
     def chat(self, conversations: Sequence[list[dict[str, Any]]], images: Sequence[Any] | None = None, *,
              params: SamplingParams | None = None, desc: str = "generate") -> list[Generation]:

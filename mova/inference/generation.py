@@ -35,6 +35,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from mova.data.batch import to_device
 from mova.errors import ConfigError, PlaceholderMismatchError
 from mova.inference.decoding import SeededSampler, StopOnStrings, truncate_at_stop
+from mova.inference.sampling import SamplingParams
 from mova.inference.sharding import gather_shards, rank_and_world, shard, sharding_enabled
 from mova.model.processing_text import as_processor
 from mova.model.templates import IMAGE_PLACEHOLDER, normalize_messages
@@ -125,33 +126,45 @@ def generate_answers(
     processor: Any,
     conversations: Sequence[list[dict[str, Any]]],
     images: Sequence[ImageArg] | None = None,
+    params: SamplingParams | None = None,
     *,
-    batch_size: int = 16,
-    max_new_tokens: int = 128,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
     template: str | None = None,
-    progress: bool = True,
-    desc: str = "generate",
-    return_details: bool = False,
-    stop: Sequence[str] | None = None,
-    top_k: int = 0,
-    return_step_logits: bool = False,
-    shard_across_processes: bool | None = None,
-    **generate_kwargs: Any,
+    **options: Any,
 ) -> list[str] | list[Generation]:
     """Generate one answer per conversation, batched; answers are returned in input order.
 
     ``model`` is a :class:`~mova.model.modeling_mova.MovaForCausalLM` with its ``MovaProcessor``, or a plain
-    Hugging Face causal LM with its tokenizer (then every image must be ``None``). ``images[i]`` is the
-    image of sample ``i`` (PIL image or path; a list for several; ``None`` for text-only). Prompts are built
-    by :func:`build_prompts` (``template`` overrides the model's chat template). Greedy decoding by default;
-    ``do_sample`` uses ``temperature``, ``top_p`` and ``top_k``; with a ``seed`` each sample draws from its
-    own generator (seeded by ``seed`` and its index), so a sampled run repeats exactly whatever the batch
-    size or number of processes. ``stop`` strings end an answer (the text is cut before the stop string).
-    Extra keyword arguments go to ``model.generate``.
+    Hugging Face causal LM with its processor or tokenizer (then every image must be ``None``). ``images[i]``
+    is the image of sample ``i`` (PIL image or path; a list for several; ``None`` for text-only). Prompts are
+    built by :func:`build_prompts` (``template`` overrides the model's chat template). Decoding follows
+    ``params`` (:class:`~mova.inference.sampling.SamplingParams`; greedy by default); its fields may also be
+    given as keywords (``max_new_tokens=64``). The other options are :func:`generate_from_prompts`'s.
+    """
+    images = list(images) if images is not None else [None] * len(conversations)
+    prompts = build_prompts(processor, conversations, images, template)
+    return generate_from_prompts(model, processor, prompts, images, params, **options)
+
+
+def generate_from_prompts(
+    model: Any,
+    processor: Any,
+    prompts: Sequence[str],
+    images: Sequence[ImageArg] | None = None,
+    params: SamplingParams | None = None,
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "generate",
+    return_details: bool = False,
+    return_step_logits: bool = False,
+    shard_across_processes: bool | None = None,
+    **options: Any,
+) -> list[str] | list[Generation]:
+    """Generate for prompts already rendered (a chat prompt, a judge's raw prompt, a few-shot prompt).
+
+    Each prompt's ``<image>`` placeholders must match its images; BOS is added unless the prompt starts
+    with it. Decoding follows ``params`` (greedy by default; sampling fields may also come as keywords, e.g.
+    ``max_new_tokens=64, stop=["Question:"]``); any other keyword goes to ``model.generate``.
 
     Returns the stripped answer texts, or with ``return_details`` one :class:`Generation` per sample (token
     count, why it stopped, first-step logits; every step's logits with ``return_step_logits``). The model is
@@ -160,43 +173,10 @@ def generate_answers(
     ``shard_across_processes=True``) the samples are sharded over the processes and every process gets all
     answers; every process must then make the call. Otherwise each process generates everything itself.
     """
-    images = list(images) if images is not None else [None] * len(conversations)
-    prompts = build_prompts(processor, conversations, images, template)
-    return generate_from_prompts(model, processor, prompts, images, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                 top_p=top_p, seed=seed, progress=progress, desc=desc,
-                                 return_details=return_details, stop=stop, top_k=top_k,
-                                 return_step_logits=return_step_logits,
-                                 shard_across_processes=shard_across_processes, **generate_kwargs)
-
-
-def generate_from_prompts(
-    model: Any,
-    processor: Any,
-    prompts: Sequence[str],
-    images: Sequence[ImageArg] | None = None,
-    *,
-    batch_size: int = 16,
-    max_new_tokens: int = 128,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    progress: bool = True,
-    desc: str = "generate",
-    return_details: bool = False,
-    stop: Sequence[str] | None = None,
-    top_k: int = 0,
-    return_step_logits: bool = False,
-    shard_across_processes: bool | None = None,
-    **generate_kwargs: Any,
-) -> list[str] | list[Generation]:
-    """:func:`generate_answers` for prompts already rendered (a judge that writes its own raw prompt, a
-    few-shot prompt).
-
-    Each prompt's ``<image>`` placeholders must match its images; BOS is added unless the prompt starts
-    with it.
-    """
+    generate_kwargs = dict(options)
+    p = SamplingParams.with_options(params, generate_kwargs, max_new_tokens=128, seed=None)
+    max_new_tokens, do_sample, temperature, top_p, top_k, seed, stop = (
+        p.max_new_tokens, p.do_sample, p.temperature, p.top_p, p.top_k, p.seed, p.stop)
     processor = as_processor(processor)
     prompts = list(prompts)
     n = len(prompts)
@@ -205,9 +185,6 @@ def generate_from_prompts(
         raise ValueError(f"got {n} prompts but {len(images)} image entries")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(stop, str):
-        stop = [stop]
-    stop = [s for s in (stop or []) if s]
     lengths = prompt_lengths(processor, prompts, images)
     order = sorted(range(n), key=lambda i: -lengths[i])  # stable: equal lengths keep input order
     if shard_across_processes is None:

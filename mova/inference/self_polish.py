@@ -25,8 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mova.errors import ConfigError
-from mova.inference.backends import GenerationBackend, SamplingParams
+from mova.inference.backends import GenerationBackend
 from mova.inference.polish_data import Problem, PromptFile
+from mova.inference.sampling import SamplingParams
 from mova.metrics.answers import extract_answer, extract_choice, numbers_match
 
 FINAL_RULES = ("original", "first", "last", "vote")

@@ -43,8 +43,8 @@ class VllmBackend:
         self.tokenizer = self.llm.get_tokenizer()
 
     def _params(self, params: Any, index: int) -> Any:
-        from mova.inference.backends import SamplingParams
         from mova.inference.decoding import sample_seed
+        from mova.inference.sampling import SamplingParams
 
         p = params or SamplingParams()
         greedy = not p.do_sample
