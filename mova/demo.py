@@ -26,7 +26,8 @@ import torch
 from mova.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_model_config
 from mova.data.feature_cache import build_cache
 from mova.data.synthetic import generate_dataset
-from mova.metrics.vqa import evaluate_vqa, format_accuracy_table
+from mova.evaluation.vqa import evaluate_vqa
+from mova.metrics.vqa import format_accuracy_table
 from mova.model.builder import build_model, load_pretrained
 from mova.model.info import format_info, model_info
 from mova.trainers.stages import run_stage

@@ -27,15 +27,13 @@ from transformers import (
 
 from mova.errors import ConfigError, PlaceholderMismatchError, UnknownNameError
 from mova.evaluation import safety as evaluation
+from mova.evaluation.judges import JUDGES, Judge, build_judge, register_judge
 from mova.evaluation.safety import evaluate_safety, format_safety_table, read_answers, summarize_safety
 from mova.inference import build_prompts, generate_answers
 from mova.metrics.safety import (
-    JUDGES,
     SPAVL_DOMAINS,
     Comparison,
-    Judge,
     Judgement,
-    build_judge,
     combine_preferences,
     compare_by_refusal,
     find_refusal,
@@ -43,7 +41,6 @@ from mova.metrics.safety import (
     is_refusal,
     parse_preference,
     parse_verdict,
-    register_judge,
     resolve_unsafe_index,
 )
 from mova.model.builder import build_model

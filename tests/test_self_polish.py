@@ -10,11 +10,9 @@ from collections.abc import Sequence
 import pytest
 
 from mova.cli import main as cli_main
+from mova.data.polish_problems import PROMPTS_DIR, Problem, PromptFile, load_problems
 from mova.errors import ConfigError, DataError
-from mova.inference.generation import Generation
-from mova.inference.polish_data import PROMPTS_DIR, Problem, PromptFile, load_problems
-from mova.inference.sampling import SamplingParams
-from mova.inference.self_polish import (
+from mova.evaluation.self_polish import (
     FINAL_RULES,
     PolishConfig,
     SelfPolish,
@@ -23,6 +21,8 @@ from mova.inference.self_polish import (
     clean_answer,
     summarize_polish,
 )
+from mova.inference.generation import Generation
+from mova.inference.sampling import SamplingParams
 from tests.conftest import save_tiny_text_lm
 
 ARITH = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}

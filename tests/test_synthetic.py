@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from mova.data import synthetic as syn
-from mova.metrics.vqa import evaluate_vqa, format_accuracy_table, normalize_answer, score_answer, summarize
+from mova.evaluation.vqa import evaluate_vqa
+from mova.metrics.vqa import format_accuracy_table, normalize_answer, score_answer, summarize
 from tests.conftest import tiny_model_config
 
 N_TRAIN, N_TEST, SEED = 24, 12, 3

@@ -163,7 +163,8 @@ def run_vqa(args: argparse.Namespace) -> int:
     import torch
 
     from mova.data.jsonio import read_json_records
-    from mova.metrics.vqa import evaluate_vqa, format_accuracy_table
+    from mova.evaluation.vqa import evaluate_vqa
+    from mova.metrics.vqa import format_accuracy_table
     from mova.model.builder import load_pretrained
 
     data = Path(args.data)

@@ -20,8 +20,8 @@ from mova.cli.command import Command
 
 
 def add_polish_args(p: argparse.ArgumentParser) -> None:
-    from mova.inference.polish_data import PROBLEM_FORMATS
-    from mova.inference.self_polish import ANSWER_STYLES, FINAL_RULES
+    from mova.data.polish_problems import PROBLEM_FORMATS
+    from mova.evaluation.self_polish import ANSWER_STYLES, FINAL_RULES
 
     p.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
                    help="checkpoint folder or hub id (a Mova model or a plain causal LM)")
@@ -49,10 +49,10 @@ def add_polish_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_polish(args: argparse.Namespace) -> int:
+    from mova.data.polish_problems import load_problems
+    from mova.evaluation.provenance import run_provenance
+    from mova.evaluation.self_polish import PolishConfig, SelfPolish, format_polish_table, summarize_polish
     from mova.inference.backends import load_backend
-    from mova.inference.polish_data import load_problems
-    from mova.inference.provenance import run_provenance
-    from mova.inference.self_polish import PolishConfig, SelfPolish, format_polish_table, summarize_polish
     from mova.inference.sharding import init_distributed, is_main_process, local_device, sharded_generation
 
     init_distributed()

@@ -2,7 +2,7 @@
 
 :func:`evaluate_safety` answers every test question with the checkpoint (greedy, batched:
 :func:`mova.inference.generate_answers`), judges the ``harm`` answers with a judge from
-:mod:`mova.metrics.safety`, compares the ``help`` answers with a base checkpoint's answers (given as a
+:mod:`mova.evaluation.judges`, compares the ``help`` answers with a base checkpoint's answers (given as a
 previous run's answers file, or generated here from a base model), and writes three files to ``out_dir``:
 
 * ``answers.jsonl`` -- one line per question: its split, id, classes, question, our answer, its refusal flag
@@ -35,8 +35,9 @@ from typing import Any, Protocol
 import torch
 
 from mova.errors import ConfigError, UnknownNameError
+from mova.evaluation.judges import JUDGES, Judge, build_judge
 from mova.inference.generation import generate_answers, load_model
-from mova.metrics.safety import JUDGES, Judge, build_judge, is_refusal
+from mova.metrics.safety import is_refusal
 from mova.model.processing_text import as_processor
 from mova.model.templates import IMAGE_PLACEHOLDER
 

@@ -106,8 +106,8 @@ def seed_everything(seed: int) -> None:
 def run_checkpoint(config: SuiteConfig, checkpoint: str, name: str, *, model_and_processor: Any = None
                    ) -> dict[str, Any]:
     """Every task of ``config`` on one checkpoint; returns (and on rank 0 writes) its summary."""
+    from mova.evaluation.provenance import run_provenance
     from mova.inference.generation import load_model
-    from mova.inference.provenance import run_provenance
     from mova.inference.sharding import local_device, rank_and_world, sharded_generation
 
     rank, world = rank_and_world()

@@ -1,5 +1,5 @@
 """Inference: batched generation shared by every evaluation (VQA, safety, maths, ...), the backends over it,
-multi-process sharding, and Self-Polish."""
+and multi-process sharding."""
 
 from mova.inference.backends import GenerationBackend, TransformersBackend, load_backend
 from mova.inference.generation import Generation, build_prompts, generate_answers, generate_from_prompts, load_model

@@ -1,11 +1,11 @@
-"""The suite's ``self_polish`` task: Self-Polish (:mod:`mova.inference.self_polish`) on a problem file, with
+"""The suite's ``self_polish`` task: Self-Polish (:mod:`mova.evaluation.self_polish`) on a problem file, with
 the accuracy without and with polishing in the suite's table.
 
     mova eval run --checkpoint runs/sft/final --tasks gsm8k,self_polish \\
         --task-option self_polish.data=gsm8k_test.jsonl --task-option self_polish.max_rounds=2
 
 Options: ``data`` (required; GSM8K, SVAMP, MultiArith or AQuA records), ``format`` (``auto``), and any
-:class:`~mova.inference.self_polish.PolishConfig` field (``max_rounds``, ``final``, ``answer_style``,
+:class:`~mova.evaluation.self_polish.PolishConfig` field (``max_rounds``, ``final``, ``answer_style``,
 ``shots``, ``chat``, ...). Writes ``polish.jsonl`` (every version and answer) to the task folder.
 """
 
@@ -20,8 +20,8 @@ from mova.evaluation.tasks import TaskContext, register_task
 
 @register_task("self_polish", "Self-Polish on maths word problems: accuracy without and with problem rewriting")
 def self_polish_task(ctx: TaskContext) -> dict[str, float]:
-    from mova.inference.polish_data import load_problems
-    from mova.inference.self_polish import PolishConfig, SelfPolish, summarize_polish
+    from mova.data.polish_problems import load_problems
+    from mova.evaluation.self_polish import PolishConfig, SelfPolish, summarize_polish
 
     allowed = {f.name for f in fields(PolishConfig)}
     settings = {k: v for k, v in ctx.options.items() if k not in ("data", "format")}

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mova.data.polish_problems import Problem, PromptFile
 from mova.errors import ConfigError
 from mova.inference.backends import GenerationBackend
-from mova.inference.polish_data import Problem, PromptFile
 from mova.inference.sampling import SamplingParams
 from mova.metrics.answers import extract_answer, extract_choice, numbers_match
 
