@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-import mova.data.feature_cache as fc
+import mova.data.feature_cache.store as fc_store
 from mova.cli import main
 from mova.config import ExpertConfig
 from mova.data.feature_cache import (
@@ -197,7 +197,7 @@ def test_interrupted_shard_write_is_invisible(model_and_processor, image_files, 
         path.write_bytes(b"\x00garbage, half a shard")
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(fc, "_save_tensors", crash)
+    monkeypatch.setattr(fc_store, "_save_tensors", crash)
     with pytest.raises(RuntimeError, match="power cut"):
         build_cache(model, processor, image_files, root, dtype="float32", experts=["clip"], progress=False)
     monkeypatch.undo()

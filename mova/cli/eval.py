@@ -162,7 +162,7 @@ def add_vqa_args(p: argparse.ArgumentParser) -> None:
 def run_vqa(args: argparse.Namespace) -> int:
     import torch
 
-    from mova.data.jsonio import read_json_records
+    from mova.data.records import read_json_records
     from mova.evaluation.vqa import evaluate_vqa
     from mova.metrics.vqa import format_accuracy_table
     from mova.model.builder import load_pretrained

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from mova.config import DataConfig
-from mova.data.jsonio import read_json_records
+from mova.data.records import RecordProblem, read_json_records, resolve_image_path
 from mova.errors import ConfigError, ImageLoadError, MovaError
 from mova.model.processing_mova import MovaProcessor, load_image
 from mova.model.templates import IMAGE_PLACEHOLDER, normalize_messages, render
@@ -36,15 +36,6 @@ class BadRecordError(MovaError, ValueError):
     def __init__(self, message: str, reason: str | None = None):
         super().__init__(message)
         self.reason = reason or message
-
-
-class RecordProblem(ValueError):
-    """Why a record cannot be used: ``kind`` is a short, stable name (the key of ``skipped_by_reason`` in a
-    run's summary), the message says what exactly is wrong with this record."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass
@@ -67,23 +58,6 @@ class RecordInfo:
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """A JSON list or a JSONL file of LLaVA records."""
     return read_json_records(path, "data")
-
-
-def resolve_image_path(folder: Path | None, rel: Any) -> Path:
-    """``folder / rel``, refusing absolute paths and ``..`` escapes (a shared data file must not make
-    the trainer read arbitrary files)."""
-    if not isinstance(rel, str) or not rel:
-        raise RecordProblem("bad image path", f"image path must be a non-empty string, got {rel!r}")
-    if folder is None:
-        raise RecordProblem("no image folder", "record has an image but no image_folder is configured")
-    if Path(rel).is_absolute():
-        raise RecordProblem("image outside the folder",
-                            f"absolute image path {rel!r} refused: paths must be relative to the image folder")
-    root = folder.resolve()
-    path = (root / rel).resolve()
-    if root != path and root not in path.parents:
-        raise RecordProblem("image outside the folder", f"image path {rel!r} escapes the image folder {root}")
-    return path
 
 
 def _is_text_only(rec: Any) -> bool:

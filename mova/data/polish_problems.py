@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mova.data.jsonio import read_json_records
+from mova.data.records import read_json_records
 from mova.errors import DataError, UnknownNameError
 from mova.registry import Registry
 

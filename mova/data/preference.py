@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mova.data.llava import resolve_image_path
+from mova.data.records import resolve_image_path
 from mova.errors import DataError
 from mova.model.templates import IMAGE_PLACEHOLDER
 

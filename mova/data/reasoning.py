@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mova.data.jsonio import read_json_records
+from mova.data.records import read_json_records
 from mova.errors import DataError
 from mova.metrics.answers import extract_answer, format_number, normalize_number
 

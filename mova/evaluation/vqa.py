@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mova.data.records import resolve_image_path
+from mova.errors import DataError
 from mova.inference.generation import generate_answers
 from mova.metrics.vqa import record_qa, score_answer, summarize
 
@@ -45,8 +47,13 @@ def evaluate_vqa(
     items = [(r, *record_qa(r)) for r in records]
     if max_new_tokens is None:
         max_new_tokens = _max_answer_tokens(tokenizer, [gold for _, _, gold in items])
-    texts = generate_answers(model, processor, [[{"role": "user", "content": q}] for _, q, _ in items],
-                             [root / r["image"] if r.get("image") else None for r, _, _ in items],
+    images = []
+    for i, (r, _, _) in enumerate(items):
+        try:
+            images.append(resolve_image_path(root, r["image"]) if r.get("image") else None)
+        except DataError as e:
+            raise DataError(f"record {i} (id {r.get('id', f'#{i}')!r}): {e}") from None
+    texts = generate_answers(model, processor, [[{"role": "user", "content": q}] for _, q, _ in items], images,
                              batch_size=batch_size, max_new_tokens=max_new_tokens, template=template,
                              progress=progress, desc="vqa eval")
     predictions = [{"id": rec.get("id"), "type": rec.get("type", "all"), "question": question, "answer": gold,

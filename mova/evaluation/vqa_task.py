@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mova.data.records import resolve_image_path
 from mova.errors import ConfigError, DataError
 from mova.evaluation.tasks import TaskContext, register_task
 from mova.inference.sampling import SamplingParams
@@ -225,7 +226,7 @@ def vqa_task(ctx: TaskContext) -> dict[str, float]:
     conversations, images = [], []
     for q in questions:
         conversations.append([{"role": "user", "content": _prompt_text(q, suffix)}])
-        images.append(None if text_only or not q.image else root / q.image)
+        images.append(None if text_only or not q.image else resolve_image_path(root, q.image))
     params = SamplingParams(max_new_tokens=int(ctx.option("max_new_tokens", 32)), seed=ctx.seed)
     gens = ctx.backend().chat(conversations, images, params=params, desc="vqa")
     model_id = Path(ctx.model_path).name

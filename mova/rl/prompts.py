@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mova.data.jsonio import read_json_records
+from mova.data.records import read_json_records, resolve_image_path
 from mova.errors import DataError
 from mova.model.templates import normalize_messages
 
@@ -46,9 +46,10 @@ def _record(path: Path, index: int, row: Any, image_folder: Path | None) -> Prom
         raise DataError(f"{where} (id {rid}): the prompt must end with the user's turn")
     image = row.get("image")
     if image is not None:
-        image_path = Path(image)
-        if not image_path.is_absolute():
-            image_path = (image_folder or path.parent) / image_path
+        try:  # confined to the image folder, as training data is
+            image_path = resolve_image_path(image_folder or path.parent, image)
+        except ValueError as e:
+            raise DataError(f"{where} (id {rid}): {e}") from None
         if not image_path.is_file():
             raise DataError(f"{where} (id {rid}): image {image_path} not found")
         image = image_path

@@ -110,7 +110,7 @@ class MetaSet:
 
 def load_meta_set(path: str | Path, encoder: PairEncoder) -> MetaSet:
     """A meta set JSONL (see the module docstring); images resolve against the file's folder."""
-    from mova.data.llava import resolve_image_path
+    from mova.data.records import resolve_image_path
     from mova.model.templates import IMAGE_PLACEHOLDER
 
     path = Path(path)
