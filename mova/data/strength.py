@@ -101,7 +101,7 @@ def load_strength(path: str | Path, pairs: Any) -> dict[str, torch.Tensor]:
 
 def annotate_text_source(source: str | Path, out: str | Path, pairs: Any, diffs: torch.Tensor) -> Path:
     """Copy a text JSONL / JSON source, adding ``strength_mean`` / ``strength_std`` to each loaded row."""
-    from mova.data.preference import _read_text_rows
+    from mova.data.preference.text import _read_text_rows
 
     mean, std = strength_columns(diffs)
     by_index = {r.index: k for k, r in enumerate(pairs.records)}
