@@ -35,7 +35,8 @@ def text_policy(root: Path, layers: int, width: int) -> tuple[Path, Path]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mova.config import TrainConfig
-    from mova.model.tiny import tiny_text_lm, write_colour_task
+    from mova.data.colour_task import write_colour_task
+    from mova.model.tiny import tiny_text_lm
     from mova.trainers.text_sft import train_prompt_answer
 
     data = write_colour_task(root / "data", n_prompts=256)

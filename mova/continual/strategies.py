@@ -179,9 +179,10 @@ class Ewc(Strategy):
 def diagonal_fisher(model: Any, tokenizer: Any, records: list[dict[str, Any]], cfg: ContinualConfig
                     ) -> dict[str, torch.Tensor]:
     """Mean squared gradient of the answer loss over mini-batches of ``ewc.fisher_samples`` records."""
-    from mova.trainers.text_sft import PromptAnswerCollator, PromptAnswerDataset, _tokenizer
+    from mova.model.processing_text import as_processor
+    from mova.trainers.text_sft import PromptAnswerCollator, PromptAnswerDataset
 
-    tok = _tokenizer(tokenizer)
+    tok = as_processor(tokenizer).tokenizer
     rng = random.Random(f"{cfg.train.seed}-fisher")
     sample = rng.sample(records, min(cfg.ewc.fisher_samples, len(records)))
     data = PromptAnswerDataset(sample, tok, separator=cfg.separator, max_length=cfg.max_length)
