@@ -35,15 +35,22 @@ if [ ! -f "$STAMP" ]; then
       | sed 's/^/[mova]   /' || true
   fi
 fi
-# The program sandbox (mova.rl.sandbox) runs model-written code under bubblewrap. Install it where we can.
-if ! command -v bwrap >/dev/null 2>&1; then
+# The program sandbox (mova.rl.sandbox) runs model-written code under bubblewrap with a libseccomp filter;
+# Debian's python3 is the interpreter a non-root sandbox user can run (the tests drop to one when run as root).
+# Install them where we can (root with apt), otherwise say how.
+SYSTEM_PACKAGES=(bubblewrap libseccomp2 python3)
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+ldconfig -p 2>/dev/null | grep -q 'libseccomp.so.2' || missing+=(libseccomp2)
+[ -x /usr/bin/python3 ] || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "[mova] installing bubblewrap (the program sandbox's isolation tool)"
-    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 \
-      && apt-get install -y -qq bubblewrap >/dev/null 2>&1; }) \
-      || echo "[mova] could not install bubblewrap; the sandbox will refuse to run programs" >&2
+    echo "[mova] installing ${missing[*]} (the program sandbox's isolation)"
+    (apt-get install -y -qq "${SYSTEM_PACKAGES[@]}" >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 \
+      && apt-get install -y -qq "${SYSTEM_PACKAGES[@]}" >/dev/null 2>&1; }) \
+      || echo "[mova] could not install ${missing[*]}; the sandbox will refuse to run programs" >&2
   else
-    echo "[mova] bubblewrap is missing: install it (Debian/Ubuntu: sudo apt-get install bubblewrap)" >&2
+    echo "[mova] missing ${missing[*]}: install them (Debian/Ubuntu: sudo apt-get install ${SYSTEM_PACKAGES[*]})" >&2
   fi
 fi
 export PATH="$VENV/bin:$PATH"
