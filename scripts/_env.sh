@@ -54,6 +54,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 export PATH="$VENV/bin:$PATH"
+# DeepSpeed compiles its CPU ops (shared-memory comm) on first use; one build folder per environment, so two
+# environments (pinned and latest) do not rebuild over each other.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$VENV/torch_extensions}"
 # Nothing is ever downloaded at run time: a hidden hub download fails loudly instead.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
