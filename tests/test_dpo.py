@@ -227,6 +227,7 @@ def test_step0_loss_and_margins_match_trl(tmp_path, loss_type):
 
 def test_pair_dataset_checks_lengths_with_the_image_and_decodes_no_image(tmp_path, monkeypatch):
     import mova.data.preference as pref
+    import mova.data.preference.dataset as pref_dataset
     from mova.data.pairs import PairDataset
     from mova.data.spavl_mini import write_spavl_mini
 
@@ -238,7 +239,7 @@ def test_pair_dataset_checks_lengths_with_the_image_and_decodes_no_image(tmp_pat
     def no_decoding(*args, **kwargs):
         raise AssertionError("an image was decoded during the up-front text pass")
 
-    monkeypatch.setattr(pref, "_decode_image", no_decoding)
+    monkeypatch.setattr(pref_dataset, "_decode_image", no_decoding)
     enc = PairEncoder(processor, model.config.template)
     ds = PairDataset(pairs, enc)
     visual = processor.layout.num_tokens()

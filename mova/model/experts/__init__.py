@@ -3,35 +3,25 @@
 Families: ``clip`` (open_clip ViTs), ``sam`` (Segment Anything's image encoder), ``layoutlmv3``
 (LayoutLMv3's visual branch), ``timm`` (any timm backbone) and ``ocr_text`` (RapidOCR words). Each family
 module registers its class in :data:`~mova.model.experts.base.EXPERT_REGISTRY`; this package imports them
-all (the registry's one materialisation point), and the heavy libraries are imported only when an expert
-of that family is built. A new family: a module with a ``@register_expert`` class, imported here.
+all (the registry's one materialisation point; importing ``mova.model.experts.base`` imports this package
+first, so :func:`~mova.model.experts.base.build_expert` always sees every family), and the heavy libraries
+are imported only when an expert of that family is built. A new family: a module with a ``@register_expert``
+class, imported here.
 """
 
 from __future__ import annotations
 
-from mova.config import ExpertConfig
 from mova.model.experts import clip, layoutlmv3, ocr_text, sam, timm_expert  # noqa: F401  (the built-in families)
-from mova.model.experts.base import EXPERT_REGISTRY, ImageTransform, VisualExpert, register_expert, to_rgb
+from mova.model.experts.base import (
+    EXPERT_REGISTRY,
+    ImageTransform,
+    VisualExpert,
+    build_expert,
+    expert_class,
+    register_expert,
+    to_rgb,
+)
 from mova.model.experts.ocr_text import OcrWord
-
-
-def expert_class(family: str) -> type[VisualExpert]:
-    """The class registered for ``family`` (an unknown one raises, listing the families)."""
-    return EXPERT_REGISTRY[family]
-
-
-def build_expert(cfg: ExpertConfig, load_weights: bool = False) -> VisualExpert:
-    """Build the expert of ``cfg.family``; with ``load_weights`` also load ``cfg.pretrained``.
-
-    Frozen experts (the default) have ``requires_grad=False`` and stay in eval mode.
-    """
-    expert = expert_class(cfg.family)(cfg)
-    if load_weights and cfg.pretrained:
-        expert.load_pretrained()
-    if cfg.frozen:
-        expert.freeze()
-    return expert
-
 
 __all__ = [
     "EXPERT_REGISTRY",

@@ -110,3 +110,21 @@ EXPERT_REGISTRY: Registry[type[VisualExpert]] = Registry("expert family")
 def register_expert(cls: type[VisualExpert]) -> type[VisualExpert]:
     """Class decorator: make ``cls`` buildable by its ``family`` name."""
     return EXPERT_REGISTRY.register(cls.family, cls)
+
+
+def expert_class(family: str) -> type[VisualExpert]:
+    """The class registered for ``family`` (an unknown one raises, listing the families)."""
+    return EXPERT_REGISTRY[family]
+
+
+def build_expert(cfg: ExpertConfig, load_weights: bool = False) -> VisualExpert:
+    """Build the expert of ``cfg.family``; with ``load_weights`` also load ``cfg.pretrained``.
+
+    Frozen experts (the default) have ``requires_grad=False`` and stay in eval mode.
+    """
+    expert = expert_class(cfg.family)(cfg)
+    if load_weights and cfg.pretrained:
+        expert.load_pretrained()
+    if cfg.frozen:
+        expert.freeze()
+    return expert
