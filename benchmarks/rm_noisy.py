@@ -79,7 +79,7 @@ def run_combo(args: argparse.Namespace, lm: Path, seed: int, noise: float, metho
         if method in NEEDS_STRENGTH:
             overrides.append(f"rm.strength_path={strength_path}")
         cfg = _cfg(lm, train, out / tag / method, args.steps, args.batch, args.lr, seed,
-                   [*overrides, f"rm.eval_data_path={test}"])
+                   [*overrides, f"data.eval_data_path={test}"])
         accuracy[method] = run_rm(cfg)["eval"]["accuracy"]
         print(f"[{time.perf_counter() - t0:7.1f}s] {tag} {method:18s} held-out accuracy {accuracy[method]:.3f}",
               flush=True)

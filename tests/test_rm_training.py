@@ -160,10 +160,10 @@ def test_vlm_rm_on_the_mini_spavl(tmp_path):
 
 def test_two_process_zero2_rm_matches_one_process(synth, tmp_path):
     root, train, _ = synth
-    recipe = {"stage": "rm", "init_from": str(root / "lm"), "data": {"data_path": str(train), "template": "raw"},
+    recipe = {"stage": "rm", "init_from": str(root / "lm"),
+              "data": {"data_path": str(train), "template": "raw", "limit": 48},
               "train": {"max_steps": 3, "per_device_train_batch_size": 8, "learning_rate": 3e-3, "save_steps": 0,
-                        "logging_steps": 1, "report_to": [], "warmup_ratio": 0.0},
-              "rm": {"limit": 48}}
+                        "logging_steps": 1, "report_to": [], "warmup_ratio": 0.0}}
     path = tmp_path / "rm.yaml"
     path.write_text(yaml.safe_dump(recipe))
     one = run_rm(load_run_config(path, [f"train.output_dir={tmp_path / 'one'}"]))

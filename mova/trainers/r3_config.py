@@ -20,7 +20,7 @@ class CurriculumConfig:
     kind: Literal["cot", "program"] = "cot"
     seed: int = 0
     #: staged: advance when the mean reward of the last ``window`` updates reaches this.
-    threshold: float = bounded(0.7, ge=0, le=1)
+    threshold: float = 0.7
     window: int = bounded(1, ge=1)
     #: staged: or after this many updates in a stage (null: no budget).
     stage_steps: int | None = bounded(None, ge=1)
