@@ -202,18 +202,22 @@ def main():
     _run(compile(source, "<program>", "exec"), allowed_modules, entry_name, answer_fd)
 
 
-def _run(code, globals_, entry_name, answer_fd, _exit=os._exit, _write=os.write, _repr=repr,
-         _callable=callable, _module=type(sys), _modules=sys.modules, _stdout=sys.stdout,
-         _excepthook=sys.__excepthook__, _encode=str.encode, _replace=bytes.replace):
-    """Run the program and end the process; every name used after the program starts is bound here."""
+_MODULE_TYPE = type(sys)
+
+
+def _run(code, globals_, entry_name, answer_fd, _exit=os._exit, _write=os.write, _repr=repr, _exec=exec,
+         _type=type, _callable=callable, _module=_MODULE_TYPE, _modules=sys.modules, _stdout=sys.stdout,
+         _excepthook=sys.__excepthook__, _encode=str.encode, _replace=bytes.replace, _max=MAX_ANSWER_CHARS):
+    """Run the program and end the process. Every name used once the program has started is bound here, as
+    a default argument: a program can rebind the launcher's globals and builtins, not these."""
     module = _module("__main__")
     module.__dict__.update(globals_)
     _modules["__main__"] = module  # ``import __main__`` gives the program its own module, not the launcher
     try:
-        exec(code, module.__dict__)
+        _exec(code, module.__dict__)
         entry = module.__dict__.get(entry_name) if entry_name else None
         value = entry() if _callable(entry) else None
-        text = None if value is None else _repr(value)[:MAX_ANSWER_CHARS]
+        text = None if value is None else _repr(value)[:_max]
         try:
             _stdout.flush()
         except Exception:  # noqa: BLE001,S110 -- stdout is diagnostics only
@@ -221,12 +225,12 @@ def _run(code, globals_, entry_name, answer_fd, _exit=os._exit, _write=os.write,
     except BaseException as exc:  # noqa: BLE001 -- SystemExit too: no answer, and no atexit hooks
         try:
             _stdout.flush()
-            _excepthook(type(exc), exc, exc.__traceback__)
+            _excepthook(_type(exc), exc, exc.__traceback__)
         finally:
             _exit(1)
     # always a last record, even for ``None``: it supersedes anything the program wrote on the channel itself
-    line = b"NONE" if text is None else b"ANSWER " + _replace(_encode(text, "utf-8", "backslashreplace"), b"\n", b"\\n")
-    _write(answer_fd, b"\n" + line + b"\n")
+    line = b"NONE" if text is None else b"ANSWER " + _encode(text, "utf-8", "backslashreplace")
+    _write(answer_fd, b"\n" + _replace(line, b"\n", b"\\n") + b"\n")
     _exit(0)
 
 
@@ -250,8 +254,8 @@ def _make_guard(workdir, blocked_modules):
     hook but the interpreter (``gc`` is blocked). It resolves paths itself (string operations only) instead
     of calling ``os.path``, whose functions a program can replace; the working folder cannot change
     (``os.chdir`` is denied)."""
-    _exit, _write, _fspath, _isinstance, _str, _bytes, _int = os._exit, os.write, os.fspath, isinstance, str, bytes, int
-    _any, _all = any, all
+    _exit, _write, _type, _isinstance, _str, _bytes, _int = os._exit, os.write, type, isinstance, str, bytes, int
+    _any, _all, _bool, violation = any, all, bool, VIOLATION_EXIT_CODE
     denied_events, denied_prefixes = _DENIED_EVENTS, _DENIED_PREFIXES
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     read_denied_roots, read_allowed, path_events = _READ_DENIED_ROOTS, _READ_ALLOWED, _PATH_EVENTS
@@ -259,15 +263,14 @@ def _make_guard(workdir, blocked_modules):
     workdir_prefix = workdir + "/"
 
     def normal(path):
-        """``path`` made absolute (against the working folder) with ``.`` and ``..`` resolved; ``None`` when it
-        is not a path."""
-        try:
-            p = _fspath(path)
-        except TypeError:
-            return None
-        if _isinstance(p, _bytes):
-            p = p.decode(errors="replace")
-        if not _isinstance(p, _str):
+        """``path`` made absolute (against the working folder) with ``.`` and ``..`` resolved; ``None`` unless
+        it is exactly a ``str`` or ``bytes`` (a path-like object could answer differently here than it did
+        for the call itself)."""
+        if _type(path) is _bytes:
+            p = _bytes.decode(path, "utf-8", "replace")
+        elif _type(path) is _str:
+            p = path
+        else:
             return None
         if not startswith(p, "/"):
             p = workdir_prefix + p
@@ -290,7 +293,7 @@ def _make_guard(workdir, blocked_modules):
         try:
             _write(2, f"\nsandbox violation: {what} is not allowed\n".encode(errors="replace"))
         finally:
-            _exit(VIOLATION_EXIT_CODE)
+            _exit(violation)
 
     def guard(event, args):
         if event in denied_events or startswith(event, denied_prefixes):
@@ -304,7 +307,7 @@ def _make_guard(workdir, blocked_modules):
             if _isinstance(path, _int):
                 return
             writing = (_isinstance(mode, _str) and _any(c in mode for c in "wax+")) or (
-                _isinstance(flags, _int) and bool(flags & write_flags))
+                _isinstance(flags, _int) and _bool(flags & write_flags))
             if writing and mode is None:
                 # os.open: its dir_fd argument is not in the event, so a relative path may not be what it seems
                 deny(f"os.open({path!r}) for writing")
