@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_sandbox import classic_attacks
 
 from mova.rl.reasoning_rewards import UNREADABLE, outcome_reward
 
@@ -365,6 +366,7 @@ def _attacks(tok: str, home: Path, trainer_pid: int, port: int) -> dict[str, str
 
 
 def _honest(tok: str) -> str:
+    """A sibling that prints a secret (its answer) and stays alive a while, then returns the gold answer."""
     return _program(f"import sys\nimport time\nprint('SIBLING-SECRET-{tok} {GOLD}')\nsys.stdout.flush()\n"
                     f"time.sleep(1.0)\nreturn {GOLD}", prelude=False)
 
@@ -384,15 +386,20 @@ def test_issue14_attacks_are_contained_and_score_zero(parent, guard):
     sandbox_tmp = _mkdir_owned(home / "sandbox-tmp", parent.uid)
     user = {} if parent.uid is None else {"user": parent.uid, "group": parent.uid, "extra_groups": []}
     trainer = subprocess.Popen([parent.python, "-c", "import time; time.sleep(120)", f"mova-trainer-{tok}"],
-                               cwd="/", env={}, **user)
+                               cwd="/", env={"MOVA_TEST_SECRET": "s3cr3t-value-41"}, **user)
     server, accepted, stop = _listening_socket()
+    port = server.getsockname()[1]
     shm_before = shutil.disk_usage("/dev/shm").used
     tmp_before = set(os.listdir(tempfile.gettempdir()))
-    attacks = _attacks(tok, home, trainer.pid, server.getsockname()[1])
-    programs = [_program(body, prelude=name.startswith("guard off")) for name, body in attacks.items()]
-    programs += [_honest(tok)] * 5
-    spec = {"programs": programs, "workers": len(programs),
-            "config": {"timeout_s": 8.0, "cpu_seconds": 2, "memory_bytes": 256 * 2**20, "python_guard": guard,
+    attacks = _attacks(tok, home, trainer.pid, port)
+    classic = classic_attacks(home, canary, home / "written_by_program.txt", home / "os_system_ran", port,
+                              trainer.pid)
+    # honest siblings first, so that they are running while the attackers look for them
+    named = [(f"honest {i}", _honest(tok)) for i in range(5)]
+    named += [(name, _program(body, prelude=name.startswith("guard off"))) for name, body in attacks.items()]
+    named += [(f"classic: {name}", _program(body, prelude=False)) for name, body in classic.items()]
+    spec = {"programs": [program for _, program in named], "workers": 16,
+            "config": {"timeout_s": 10.0, "cpu_seconds": 2, "memory_bytes": 256 * 2**20, "python_guard": guard,
                        "tmp_dir": str(sandbox_tmp)}}
     try:
         rc, out, err = parent.run(spec)
@@ -402,13 +409,13 @@ def test_issue14_attacks_are_contained_and_score_zero(parent, guard):
         trainer.kill()
         trainer.wait()
     assert rc == 0 and "results" in out, f"the parent did not survive (exit {rc}): {err[-2000:]}"
-    results = out["results"]
-    rewards = {name: _reward(r) for name, r in zip(attacks, results)}
-    assert rewards == dict.fromkeys(attacks, 0.0), {n: results[i] for i, n in enumerate(attacks) if rewards[n]}
-    assert [_reward(r) for r in results[len(attacks):]] == [1.0] * 5, results[len(attacks):]
+    results = dict(zip((name for name, _ in named), out["results"]))
+    rewards = {name: _reward(r) for name, r in results.items()}
+    expected = {name: 1.0 if name.startswith("honest") else 0.0 for name, _ in named}
+    assert rewards == expected, {n: results[n] for n in rewards if rewards[n] != expected[n]}
     # the answer channel carried what solution() returned, nothing printed or written by an exit hook
-    assert results[list(attacks).index("atexit rewrites the answer")]["answer"] == "'five'"
-    assert results[list(attacks).index("forged answer line, then return None")]["answer"] is None
+    assert results["atexit rewrites the answer"]["answer"] == "'five'"
+    assert results["forged answer line, then return None"]["answer"] is None
     assert trainer_alive, "a sandboxed program killed a process of the same user"
     assert canary.read_text() == "keep me"
     markers = (f"/tmp/mova-attack-{tok}", f"/var/tmp/mova-attack-{tok}", f"/dev/shm/mova-attack-{tok}",
@@ -420,6 +427,27 @@ def test_issue14_attacks_are_contained_and_score_zero(parent, guard):
         "canary.txt", "data", "sandbox-tmp"]
     assert list(sandbox_tmp.iterdir()) == [], "the sandbox left files behind"
     assert not [n for n in set(os.listdir(tempfile.gettempdir())) - tmp_before if n.startswith("mova-sandbox")]
+
+
+def test_the_reading_attacks_do_leak_without_isolation(tmp_path):
+    """The attack programs are real: against the unisolated opt-out (no bubblewrap) the same search for the
+    gold answer and the same look at /proc score 1. Only the isolation makes them score 0 above."""
+    from mova.rl.sandbox import SandboxConfig, run_programs
+
+    data_dir = _private_dir(None, 0o755)  # world-readable, as training data often is
+    try:
+        (data_dir / "data").mkdir(mode=0o755)
+        data = _write_gold(data_dir / "data" / "train.jsonl", None)
+        data.chmod(0o644)
+        attacks = _attacks("x", data_dir, os.getpid(), 1)
+        names = ("search the file system for the gold answer", "list /proc to find siblings")
+        config = SandboxConfig(backend="rlimits", allow_unisolated=True, python_guard=False, timeout_s=10,
+                               preload=("os", "re"))
+        results = run_programs([_program(attacks[name], prelude=False) for name in names], config)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    rewards = [outcome_reward(r.answer, GOLD) if r.ok else UNREADABLE for r in results]
+    assert rewards == [1.0, 1.0], [(r.error, r.answer, r.stderr[-300:]) for r in results]
 
 
 def test_guard_cannot_be_switched_off_from_inside(parent):
