@@ -6,8 +6,10 @@
 Each cell runs the same batch of small programs (a few lines of arithmetic calling ``math``, like the
 programs a policy writes for GSM8K) through the pool and reports programs per second (best and median of
 the repeats) and the mean time one program takes from start to answer. Backends: ``bwrap`` (the default:
-bubblewrap namespaces + seccomp + rlimits + guard) and ``rlimits`` (the unisolated opt-out, which is the
-sandbox as it was before bubblewrap, plus the seccomp filter). Workers: the pool's default (min(8, CPUs))
+bubblewrap namespaces + seccomp + rlimits + guard) and ``rlimits`` (the unisolated opt-out: the sandbox as
+it was before issue 14, plus the seccomp filter). To measure the code before issue 14 itself, run this
+script with ``PYTHONPATH`` pointing at a checkout of it (``git worktree add /tmp/before f22141e``); it
+reports that as ``legacy``. Workers: the pool's default (min(8, CPUs))
 and 8. Every program must return its right answer, or the script fails.
 """
 
@@ -16,13 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mova.rl import sandbox
+from mova.rl.sandbox import SandboxConfig, run_programs
 
-from mova.rl.sandbox import SandboxConfig, SandboxUnavailable, run_programs  # noqa: E402
+#: the sandbox before issue 14 had no backends; pointed at such a checkout (PYTHONPATH), this script
+#: measures it as "legacy", the "before" row.
+LEGACY = "backend" not in SandboxConfig.__dataclass_fields__
+SandboxUnavailable = getattr(sandbox, "SandboxUnavailable", RuntimeError)
 
 
 def programs(n: int) -> list[str]:
@@ -40,7 +44,7 @@ def measure(config: SandboxConfig, sources: list[str], workers: int, repeats: in
         wrong = [i for i, r in enumerate(results) if not r.ok or r.answer != str(12 + i - 5)]
         if wrong:
             r = results[wrong[0]]
-            raise SystemExit(f"program {wrong[0]} failed under {config.backend}: {r.error} {r.stderr[-500:]}")
+            raise SystemExit(f"program {wrong[0]} failed: {r.error} {r.stderr[-500:]}")
         rates.append(len(sources) / elapsed)
         latencies.append(statistics.mean(r.seconds for r in results))
     return {"best": max(rates), "median": statistics.median(rates), "latency_ms": 1000 * statistics.mean(latencies)}
@@ -62,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} programs per run, {repeats} repeat(s), {os.cpu_count()} CPUs, uid {os.getuid()}")
     print(f"{'backend':<10} {'workers':>7} {'programs/s (best)':>18} {'programs/s (median)':>20} "
           f"{'ms/program':>11}")
+    if LEGACY:
+        backends = ["legacy"]
     for backend in backends:
-        config = SandboxConfig(backend=backend, allow_unisolated=backend == "rlimits")
+        config = SandboxConfig() if LEGACY else SandboxConfig(backend=backend, allow_unisolated=backend == "rlimits")
         for workers in worker_counts:
             try:
                 row = measure(config, sources, workers, repeats)

@@ -20,9 +20,10 @@ Layers (``backend="bwrap"``, the default)
 1. **bubblewrap** (``bwrap``): each program gets its own user, mount, pid, network, ipc, uts and cgroup
    namespaces, a new session, and dies with its parent. Its file system is a fresh read-only root holding
    only the shared libraries (``/usr/lib``), the base interpreter and its standard library (no
-   site-packages), ``/dev/null`` and ``/dev/urandom``, and one writable place: a size-limited tmpfs at
-   ``/work`` (``work_bytes``) that vanishes with the program. No project, data, home, ``/tmp``, ``/proc``
-   or other program is visible. Nested user namespaces are disabled and every capability is dropped.
+   site-packages), ``/dev/null`` and ``/dev/urandom``, and one writable place: a tmpfs at ``/work``
+   limited in bytes and in files (``work_bytes``, ``work_files``) that vanishes with the program. No
+   project, data, home, ``/tmp``, ``/proc`` or other program is visible. Every capability is dropped
+   before the program starts (seccomp also kills any attempt to make a namespace).
 2. **seccomp** (:mod:`mova.rl.seccomp`): a filter that kills the process on any system call a maths
    program never needs (new processes and threads, exec, signals and tracing, sockets, device nodes and
    FIFOs, mounts and namespaces, keyrings, BPF, io_uring, ...).
@@ -488,9 +489,7 @@ def config_dict(config: SandboxConfig) -> dict:
 
 
 _PROBE = '''
-def solution():
-    import os
-    import resource
+def solution():  # os and resource are preloaded: run as root, the rlimits backend drops to nobody first
     facts = {"pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd()}
     try:
         facts["root"] = sorted(os.listdir("/"))
@@ -578,7 +577,7 @@ def probe_isolation(config: SandboxConfig | None = None) -> dict:
     config = config or SandboxConfig()
     _ensure_backend(config)
     probe_config = SandboxConfig(**{**asdict(config), "python_guard": False, "entry": "solution",
-                                    "preload": (), "timeout_s": max(config.timeout_s, 10.0)})
+                                    "preload": ("os", "resource"), "timeout_s": max(config.timeout_s, 10.0)})
     interp = _interpreter(config.python)
     read_paths = _sample_files([os.getcwd(), os.path.expanduser("~"), tempfile.gettempdir(), "/etc"])
     write_paths = sorted({"/", "/usr/lib", "/dev", "/dev/shm", "/tmp", WORK_DIR, interp.prefix,
@@ -614,3 +613,13 @@ def probe_isolation(config: SandboxConfig | None = None) -> dict:
         report["error"] = result.error
         report["stderr"] = result.stderr[-2000:]
     return report
+
+
+if __name__ == "__main__":  # python -m mova.rl.sandbox [--backend rlimits]: what holds on this machine
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Print what the program sandbox holds here, layer by layer.")
+    parser.add_argument("--backend", default="bwrap", choices=["bwrap", "rlimits"])
+    cli = parser.parse_args()
+    print(json.dumps(probe_isolation(SandboxConfig(backend=cli.backend, allow_unisolated=cli.backend == "rlimits")),
+                     indent=1, sort_keys=True))
