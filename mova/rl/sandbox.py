@@ -308,9 +308,11 @@ class _Channel:
         self.fd, self.cap, self.data = fd, cap, b""
 
     def read_until(self, deadline: float, first_line_only: bool = False) -> None:
+        poller = select.poll()  # not select.select: a trainer may hold more than 1024 descriptors
+        poller.register(self.fd, select.POLLIN | select.POLLHUP)
         while len(self.data) < self.cap and not (first_line_only and b"\n" in self.data):
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+            if remaining <= 0 or not poller.poll(remaining * 1000):
                 return
             chunk = os.read(self.fd, 65536)
             if not chunk:
