@@ -399,7 +399,7 @@ def test_issue14_attacks_are_contained_and_score_zero(parent, guard):
     named += [(name, _program(body, prelude=name.startswith("guard off"))) for name, body in attacks.items()]
     named += [(f"classic: {name}", _program(body, prelude=False)) for name, body in classic.items()]
     spec = {"programs": [program for _, program in named], "workers": 16,
-            "config": {"timeout_s": 10.0, "cpu_seconds": 2, "memory_bytes": 256 * 2**20, "python_guard": guard,
+            "config": {"timeout_s": 10.0, "cpu_seconds": 1, "memory_bytes": 256 * 2**20, "python_guard": guard,
                        "tmp_dir": str(sandbox_tmp)}}
     try:
         rc, out, err = parent.run(spec)
