@@ -49,9 +49,11 @@ standard-library imports work, and ``config.blocked_modules`` are refused by the
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import logging
+import marshal
 import os
 import select
 import shutil
@@ -320,10 +322,10 @@ class _Channel:
             self.data += chunk
 
     def status(self) -> dict:
-        first = self.data.split(b"\n", 1)[0]
+        first = self.data.split(b"\n", 1)[0]  # repr of a dict of plain values, written before the program ran
         try:
-            status = json.loads(first) if first.strip() else {}
-        except json.JSONDecodeError:
+            status = ast.literal_eval(first.decode("utf-8", errors="replace")) if first.strip() else {}
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             return {}
         return status if isinstance(status, dict) else {}
 
@@ -395,7 +397,7 @@ def _execute(source: str, config: SandboxConfig, check: bool = True, pass_fds: S
     interp = _interpreter(config.python)
     answer_r, answer_w = os.pipe()
     launcher = [interp.executable, "-I", "-S", "-B", "-c", _launcher_source(),
-                json.dumps(_launcher_config(config, answer_w))]
+                marshal.dumps(_launcher_config(config, answer_w)).hex()]
     run_dir = None
     if config.backend == "bwrap":
         uid = config.drop_to_uid if config.drop_to_uid is not None else 65534
@@ -597,8 +599,6 @@ def probe_isolation(config: SandboxConfig | None = None) -> dict:
     finally:
         os.close(go_r)
         os.close(go_w)
-    import ast
-
     facts = ast.literal_eval(result.answer) if result.ok and result.answer else {}
     report = {"backend": config.backend, "ok": result.ok and bool(facts), "unisolated": config.backend != "bwrap",
               **outside, "uid": facts.get("uid"), "pid_inside": facts.get("pid"),

@@ -1,4 +1,4 @@
-"""The first code a sandboxed program's process runs (``python -I -S -c <this file's text> CONFIG_JSON``).
+"""The first code a sandboxed program's process runs (``python -I -S -c <this file's text> CONFIG``).
 
 Never imported by Mova itself: :mod:`mova.rl.sandbox` reads this file and hands its text to a fresh
 interpreter, inside bubblewrap (the ``bwrap`` backend) or directly (the unisolated ``rlimits`` backend). It
@@ -24,7 +24,7 @@ only uses the standard library. In order, it:
    finaliser or later print can change or add to the answer. What the program prints is never the answer.
 """
 
-import json
+import marshal
 import os
 import resource
 import sys
@@ -93,6 +93,19 @@ def _mount_work(ctypes, work, uid, gid):
     return None
 
 
+def _names(source, name):
+    """Whether ``name`` occurs in ``source`` as a whole identifier."""
+    start = source.find(name)
+    while start != -1:
+        before = source[start - 1] if start else " "
+        end = start + len(name)
+        after = source[end] if end < len(source) else " "
+        if not (before.isalnum() or before == "_") and not (after.isalnum() or after == "_"):
+            return True
+        start = source.find(name, start + 1)
+    return False
+
+
 def _limit(which, value):
     if value is None:
         return
@@ -107,23 +120,22 @@ def _limit(which, value):
 def _fail(answer_fd, why):
     os.write(2, f"sandbox setup failed: {why}\n".encode())
     try:
-        os.write(answer_fd, (json.dumps({"setup_error": why}) + "\n").encode())
+        os.write(answer_fd, (repr({"setup_error": why}) + "\n").encode())
     finally:
         os._exit(SETUP_FAILED_EXIT_CODE)
 
 
 def main():
-    config = json.loads(sys.argv[1])
+    # CONFIG is a marshalled dict in hex: json and re would cost more than the rest of the start-up
+    config = marshal.loads(bytes.fromhex(sys.argv[1]))
     answer_fd = config["answer_fd"]
     source = sys.stdin.read()
 
     # -- 2. modules a maths program may use, imported before the sandbox closes ------------------------
     # only the ones the program names: importing all of them costs more than starting the interpreter
-    import re
-
     allowed_modules = {}
     for name in config["preload"]:
-        if not re.search(r"\b" + re.escape(name) + r"\b", source):
+        if not _names(source, name):
             continue
         try:
             allowed_modules[name] = __import__(name)
@@ -189,7 +201,7 @@ def main():
         del sys.modules[name]  # a module already imported would otherwise import without an audit event
 
     # -- 6. report what held, first line on the answer channel -------------------------------------------
-    os.write(answer_fd, (json.dumps(status) + "\n").encode())
+    os.write(answer_fd, (repr(status) + "\n").encode())
 
     # -- 7. Python guard -------------------------------------------------------------------------------
     os.environ.clear()  # already empty (the parent passes env={}); cleared again before the guard forbids it
