@@ -272,6 +272,9 @@ def _ensure_backend(config: SandboxConfig) -> None:
             raise ValueError(f"SandboxConfig.backend must be 'bwrap' or 'rlimits', not {config.backend!r}")
         if config.seccomp:
             _seccomp_filter()
+        else:
+            logger.warning("SANDBOX WITHOUT SECCOMP (SandboxConfig(seccomp=False)): nothing stops a program from "
+                           "forking, signalling or opening sockets but the other layers; meant for tests only.")
         if config.backend == "rlimits":
             if not config.allow_unisolated:
                 raise SandboxUnavailable(
@@ -387,8 +390,7 @@ def _launcher_config(config: SandboxConfig, answer_fd: int) -> dict:
 
 
 def _execute(source: str, config: SandboxConfig, check: bool = True, pass_fds: Sequence[int] = (),
-             on_started: Callable[[subprocess.Popen, dict], None] | None = None,
-             extra_bwrap: Sequence[str] = ()) -> SandboxResult:
+             on_started: Callable[[subprocess.Popen, dict], None] | None = None) -> SandboxResult:
     """One program, start to finish. ``on_started`` (the probe's hook) runs once the launcher has reported
     its status, while the program is still running."""
     if check:
@@ -402,8 +404,7 @@ def _execute(source: str, config: SandboxConfig, check: bool = True, pass_fds: S
     if config.backend == "bwrap":
         uid = config.drop_to_uid if config.drop_to_uid is not None else 65534
         gid = config.drop_to_gid if config.drop_to_gid is not None else 65534
-        argv = [*_bwrap_prefix(_find_bwrap(config), config.python, uid, gid), *extra_bwrap,
-                "--", *launcher]
+        argv = [*_bwrap_prefix(_find_bwrap(config), config.python, uid, gid), "--", *launcher]
         cwd = "/"
     else:
         run_dir = Path(tempfile.mkdtemp(prefix="mova-sandbox-", dir=config.tmp_dir))
