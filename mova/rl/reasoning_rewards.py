@@ -14,7 +14,7 @@ Registered rewards (look up with :func:`mova.rl.rewards.get_reward`):
 ``program_cot``
     Program chain of thought: the text from the last ``def solution(`` in ``prompt + completion`` (so the
     prompt may hold the function header and the first k gold lines, as R3's start states do) to the end of
-    that function is run in :mod:`mova.rl.sandbox`; its return value (or last printed line) is the answer.
+    that function is run in :mod:`mova.rl.sandbox`; its return value is the answer (what it prints is not).
     A completion whose first line lost its indentation to a stripping decoder is re-indented
     (:func:`join_program`).
     Never runs model code in the calling process.

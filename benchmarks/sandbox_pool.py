@@ -1,0 +1,84 @@
+"""Throughput of the program sandbox pool: GSM8K-style programs per second through ``run_programs``.
+
+    python benchmarks/sandbox_pool.py            # 96 programs per cell, 3 repeats
+    python benchmarks/sandbox_pool.py --quick    # a few seconds (the test suite runs this)
+
+Each cell runs the same batch of small programs (a few lines of arithmetic calling ``math``, like the
+programs a policy writes for GSM8K) through the pool and reports programs per second (best and median of
+the repeats) and the mean time one program takes from start to answer. Backends: ``bwrap`` (the default:
+bubblewrap namespaces + seccomp + rlimits + guard) and ``rlimits`` (the unisolated opt-out: the sandbox as
+it was before issue 14, plus the seccomp filter). To measure the code before issue 14 itself, run this
+script with ``PYTHONPATH`` pointing at a checkout of it (``git worktree add /tmp/before f22141e``); it
+reports that as ``legacy``. Workers: the pool's default (min(8, CPUs))
+and 8. Every program must return its right answer, or the script fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from mova.rl import sandbox
+from mova.rl.sandbox import SandboxConfig, run_programs
+
+#: the sandbox before issue 14 had no backends; pointed at such a checkout (PYTHONPATH), this script
+#: measures it as "legacy", the "before" row.
+LEGACY = "backend" not in SandboxConfig.__dataclass_fields__
+SandboxUnavailable = getattr(sandbox, "SandboxUnavailable", RuntimeError)
+
+
+def programs(n: int) -> list[str]:
+    return [f"def solution():\n    apples = {12 + i}\n    eaten = 5\n    left = apples - eaten\n"
+            f"    return math.floor(left * 1.0)\n" for i in range(n)]
+
+
+def measure(config: SandboxConfig, sources: list[str], workers: int, repeats: int) -> dict[str, float]:
+    run_programs(sources[:workers], config, max_workers=workers)  # warm: the backend check, page cache
+    rates, latencies = [], []
+    for _ in range(repeats):
+        start = time.monotonic()
+        results = run_programs(sources, config, max_workers=workers)
+        elapsed = time.monotonic() - start
+        wrong = [i for i, r in enumerate(results) if not r.ok or r.answer != str(12 + i - 5)]
+        if wrong:
+            r = results[wrong[0]]
+            raise SystemExit(f"program {wrong[0]} failed: {r.error} {r.stderr[-500:]}")
+        rates.append(len(sources) / elapsed)
+        latencies.append(statistics.mean(r.seconds for r in results))
+    return {"best": max(rates), "median": statistics.median(rates), "latency_ms": 1000 * statistics.mean(latencies)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="16 programs, 1 repeat, bwrap only")
+    parser.add_argument("--programs", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backends", nargs="+", default=["bwrap", "rlimits"], choices=["bwrap", "rlimits"])
+    args = parser.parse_args(argv)
+    n, repeats, backends = args.programs, args.repeats, args.backends
+    if args.quick:
+        n, repeats, backends = 16, 1, ["bwrap"]
+    default_workers = min(8, os.cpu_count() or 1)
+    worker_counts = [default_workers] if args.quick else sorted({default_workers, 8})
+    sources = programs(n)
+    print(f"{n} programs per run, {repeats} repeat(s), {os.cpu_count()} CPUs, uid {os.getuid()}")
+    print(f"{'backend':<10} {'workers':>7} {'programs/s (best)':>18} {'programs/s (median)':>20} "
+          f"{'ms/program':>11}")
+    if LEGACY:
+        backends = ["legacy"]
+    for backend in backends:
+        config = SandboxConfig() if LEGACY else SandboxConfig(backend=backend, allow_unisolated=backend == "rlimits")
+        for workers in worker_counts:
+            try:
+                row = measure(config, sources, workers, repeats)
+            except SandboxUnavailable as exc:
+                print(f"{backend:<10} {workers:>7}  unavailable: {exc}")
+                continue
+            print(f"{backend:<10} {workers:>7} {row['best']:>18.1f} {row['median']:>20.1f} {row['latency_ms']:>11.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
