@@ -7,6 +7,8 @@ model per method on the tiny 2-layer Llama and score the clean test pairs. Print
 spread over seeds) and writes ``results.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/rm_noisy.py --out-dir runs/bench-rm-noisy
+    OMP_NUM_THREADS=1 python benchmarks/rm_noisy.py --seeds 0,1,2 --jobs 9        # the table the docs quote
+    python benchmarks/rm_noisy.py --quick --out-dir /tmp/rm-quick                  # smoke run, every method
 
 Label flipping swaps the pairs the ensemble puts below zero (``flip_fraction`` = the share of negative
 strength means), so it needs no knowledge of the true noise rate.
@@ -104,18 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--jobs", type=int, default=1, help="(seed, noise) combinations run in parallel processes")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="tiny sizes and a few steps: checks the script runs")
+    if p.parse_known_args(argv)[0].quick:  # quick sizes are defaults: explicit arguments still win
+        p.set_defaults(noise="0.2", seeds="0", train=32, test=16, steps=2, strength_steps=1, models=2, batch=8)
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
 
     import torch
 
+    from mova.artifacts import build_once
     from tests.conftest import save_tiny_text_lm
 
     torch.set_num_threads(1)
     out = Path(args.out_dir)
     lm = out / "lm"
-    if not (lm / "config.json").is_file():
-        save_tiny_text_lm(lm, seed=0)
+    build_once(lm, {"model": "tests.conftest.save_tiny_text_lm", "seed": 0}, lambda: save_tiny_text_lm(lm, seed=0))
     noises = [float(x) for x in args.noise.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     methods = args.methods.split(",")
