@@ -227,15 +227,17 @@ def run_rows(root: Path, steps: int, batch: int) -> dict[str, Any]:
         model.zero_grad(set_to_none=True)
 
     seconds: dict[str, list[float]] = {name: [] for name in ROW_LAYOUTS}
+    cpu: dict[str, list[float]] = {name: [] for name in ROW_LAYOUTS}
     for name in ROW_LAYOUTS:
         step(batches[name][0], len(groups[0]))
     for i, g in enumerate(groups):
         for name in ROW_LAYOUTS:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step(batches[name][i], len(g))
             seconds[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     return {"tokens_per_pair": statistics.mean(p.num_tokens for p in encoded),
-            "layouts": {name: {"seconds": statistics.median(seconds[name]),
+            "layouts": {name: {"seconds": statistics.median(seconds[name]), "cpu": statistics.median(cpu[name]),
                                "rows": statistics.mean(b["input_ids"].shape[0] for b in batches[name]),
                                "width": statistics.mean(b["input_ids"].shape[1] for b in batches[name])}
                         for name in ROW_LAYOUTS}}
@@ -319,11 +321,11 @@ def main(argv: list[str] | None = None) -> None:
     if sweep is not None:
         print(f"\nDPO row layouts: forward + backward of the text model, {args.batch} pairs of "
               f"{sweep['tokens_per_pair']:.0f} tokens on average, median over {args.steps} batches\n")
-        print("| layout | rows x width (token slots) | s per forward + backward |")
-        print("|---|---|---:|")
+        print("| layout | rows x width (token slots) | s per forward + backward | CPU s |")
+        print("|---|---|---:|---:|")
         for name, r in sweep["layouts"].items():
             slots = f"{r['rows']:.1f} x {r['width']:.0f} ({r['rows'] * r['width']:,.0f})"
-            print(f"| {name} | {slots} | {r['seconds']:.2f} |")
+            print(f"| {name} | {slots} | {r['seconds']:.2f} | {r['cpu']:.2f} |")
 
 
 if __name__ == "__main__":

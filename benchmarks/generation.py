@@ -5,7 +5,8 @@ is only worth it if it is faster and gives the answers a sample would get alone.
 Llama with the repository's tiny tokenizer:
 
 1. tokens/s by batch size for the same prompts (greedy, ``--new-tokens`` per prompt; tokens counted as
-   generated, so an early EOS is not counted as work);
+   generated, so an early EOS is not counted as work), with the process's CPU seconds beside the wall time
+   (on a shared machine, wall time also measures the other tenants);
 2. the largest difference between any answer step's logits batched (the largest batch size) and alone
    (batch size 1), greedy, in each ``--check-dtypes`` dtype;
 3. how many seeded sampled answers are identical between the largest batch size and batch size 1 (each
@@ -100,13 +101,13 @@ def main(argv: list[str] | None = None) -> None:
         for bs in sizes:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             gens = generate(model, tok, prompts, bs, args.new_tokens)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             tokens = sum(g.num_tokens for g in gens)
-            rows.append((bs, seconds, tokens))
+            rows.append((bs, seconds, cpu, tokens))
             print(f"batch size {bs}: {tokens / seconds:.1f} tokens/s", file=sys.stderr, flush=True)
         checks = []
         big = max(sizes)
@@ -129,11 +130,12 @@ def main(argv: list[str] | None = None) -> None:
                             f" ({torch.get_num_threads()} threads)")
     print(f"\ngeneration, random {args.layers}-layer {args.width}-wide Llama, {args.dtype}, {device}, torch "
           f"{torch.__version__}: {args.prompts} prompts x up to {args.new_tokens} new tokens, greedy\n")
-    print("| batch size | seconds | tokens | tokens/s | speed-up vs batch size 1 |")
-    print("|---:|---:|---:|---:|---:|")
-    base = rows[0][2] / rows[0][1]
-    for bs, seconds, tokens in rows:
-        print(f"| {bs} | {seconds:.2f} | {tokens} | {tokens / seconds:,.1f} | {tokens / seconds / base:.2f}x |")
+    print("| batch size | seconds | CPU seconds | tokens | tokens/s | speed-up vs batch size 1 |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    base = rows[0][3] / rows[0][1]
+    for bs, seconds, cpu, tokens in rows:
+        print(f"| {bs} | {seconds:.2f} | {cpu:.2f} | {tokens} | {tokens / seconds:,.1f} | "
+              f"{tokens / seconds / base:.2f}x |")
     if checks:
         print(f"\nbatch size {big} vs 1, {args.new_tokens} new tokens\n")
         print("| dtype | max abs step-logit difference (greedy) | greedy answers identical | "

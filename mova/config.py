@@ -197,8 +197,7 @@ class DpoConfig:
     pair_encoding: str = "shared"
     #: longest packed row in tokens for pair_encoding=shared (a longer pair gets a row of its own).
     #: Attention under a dense tree mask costs the square of the row length, so short rows of one or two
-    #: pairs are fastest: 8 pairs of ~385 tokens, 4-layer width-256 Llama, CPU fwd+bwd: rows of 512
-    #: 2.33 s, of 1024 3.31 s, one row of 3083 4.22 s, the padded [chosen; rejected] batch 4.28 s.
+    #: pairs are fastest (``python benchmarks/dpo.py --only rows`` times 512, 1024, one row and padded).
     max_tokens_per_row: int = 512
     #: train the fusion network too (the LLM always trains, fully or through LoRA).
     train_fusion: bool = False

@@ -14,7 +14,7 @@ instead: a long run should not die on row 80,000, but nothing is dropped silentl
 
 Images are decoded lazily (in ``__getitem__``): SPA-VL's 93k training images take ~3.5 GB as JPEG and
 far more decoded. At load time each image is checked by ``verify_images``: ``"header"`` (default; PIL's
-``verify``, about a tenth of a millisecond per image: catches missing, non-image and truncated-PNG bytes),
+``verify``, which reads the header only: catches missing, non-image and truncated-PNG bytes),
 ``"full"`` (decode every image once: catches everything, costs a full decoding pass) or ``"none"``.
 """
 
@@ -355,8 +355,8 @@ def load_spavl_split(source: str, config: str, split: str, cache_dir: str | Path
     if folder.is_dir():
         # Always the parquet builder with explicit files, never load_dataset(folder): offline,
         # `datasets` resolves a folder path like a hub name and can return another folder's cached
-        # copy when the two share a basename (measured: a regenerated mini set came back with the
-        # 16 rows of an older one). File-based cache keys follow the files' paths and mtimes.
+        # copy when the two share a basename (seen: a regenerated mini set came back with the rows of an
+        # older one). File-based cache keys follow the files' paths and mtimes.
         try:
             layout = _card_data_files(folder) or SPAVL_LAYOUT
             if config not in layout or split not in layout[config]:
