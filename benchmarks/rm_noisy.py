@@ -165,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nHeld-out accuracy on clean pairs (mean ± std over seeds {seeds}; {args.train} training pairs, "
           f"{args.steps} steps, ensemble of {args.models} x {args.strength_steps} steps, holdout {args.holdout})\n")
     print(table)
+    found = [(n, [r["strength"] for r in done if r["noise"] == n and r["strength"]]) for n in noises]
+    if any(infos for _, infos in found):
+        print("\n| flipped | flipped pairs the ensemble put below zero | pairs below zero |")
+        print("|---|---|---|")
+        for n, infos in found:
+            if infos:
+                hits = sorted(i["noisy_with_negative_strength"] for i in infos)
+                noisy = sorted({i["noisy_pairs"] for i in infos})
+                share = sorted(i["negative_share"] for i in infos)
+                print(f"| {int(n * 100)}% | {hits[0]}-{hits[-1]} of {'/'.join(map(str, noisy))} "
+                      f"| {100 * share[0]:.0f}-{100 * share[-1]:.0f}% |")
     (out / "results.json").write_text(json.dumps({"args": vars(args), "accuracy": results,
                                                   "strength": extra_info, "table": table}, indent=2) + "\n")
     return 0

@@ -111,9 +111,7 @@ def test_r3_arith_quick_and_rerun_with_other_sizes_rebuilds(tmp_path):
         assert number(rows[2][col]) == pytest.approx((number(rows[0][col]) + number(rows[1][col])) / 2, abs=0.06)
     assert json.loads((out_dir / "sft-0" / "build_args.json").read_text())["steps"] == 3
 
-    # the same arguments reuse the SFT checkpoint; other sizes rebuild it, and say why
-    again = run_quick("r3_arith.py", "--out", str(out_dir), "--seeds", "0", "--sft-only", cwd=tmp_path)
-    assert f"reusing {out_dir / 'sft-0'}" in again.stderr
+    # a rerun with other sizes rebuilds the SFT checkpoint instead of evaluating the stale one, and says why
     other = run_quick("r3_arith.py", "--out", str(out_dir), "--seeds", "0", "--sft-only", "--sft-steps", "4",
                       cwd=tmp_path)
     assert f"rebuilding {out_dir / 'sft-0'}: built with other arguments (steps: 3 -> 4)" in other.stderr
@@ -128,6 +126,9 @@ def test_rm_noisy_quick(tmp_path):
     assert [r["method"] for r in rows] == ["bt", "label_smoothing", "margin", "flip", "flip+margin",
                                            "soft_label+margin", "simcse", "swav"]
     assert all(0 <= number(r["20% flipped"]) <= 1 for r in rows)
+    found = table(out, "| flipped | flipped pairs the ensemble")
+    assert [r["flipped"] for r in found] == ["20%"]
+    assert re.fullmatch(r"\d+-\d+ of \d+", found[0]["flipped pairs the ensemble put below zero"])
 
 
 def test_experts_ablation_quick(tmp_path):
