@@ -119,6 +119,16 @@ def rl(schedule: str, policy: Path, data: Path, out: Path, iterations: int, batc
     return run_r3(cfg)
 
 
+def comparison_table(rows: list[dict]) -> str:
+    """The SFT / PPO / R3 accuracy table, one row per seed and, with several seeds, their mean."""
+    lines = ["| seed | SFT | PPO (k=0) | R3 (mixed) |", "|---:|---:|---:|---:|"]
+    lines += [f"| {r['seed']} | {r['sft']:.1%} | {r['ppo']:.1%} | {r['r3']:.1%} |" for r in rows]
+    if len(rows) > 1:
+        means = [statistics.mean(r[k] for r in rows) for k in ("sft", "ppo", "r3")]
+        lines.append("| mean | " + " | ".join(f"{m:.1%}" for m in means) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/r3_arith")
@@ -191,13 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         samples = args.iterations * args.rollout_batch
         print(f"\nheld-out accuracy on {args.test} generated problems (greedy, zero-shot); RL: {args.iterations} "
               f"iterations x {args.rollout_batch} samples = {samples} samples each\n")
-        print("| seed | SFT | PPO (k=0) | R3 (mixed) |")
-        print("|---:|---:|---:|---:|")
-        for r in rows:
-            print(f"| {r['seed']} | {r['sft']:.1%} | {r['ppo']:.1%} | {r['r3']:.1%} |")
-        if len(rows) > 1:
-            means = [statistics.mean(r[k] for r in rows) for k in ("sft", "ppo", "r3")]
-            print("| mean | " + " | ".join(f"{m:.1%}" for m in means) + " |")
+        print(comparison_table(rows))
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
