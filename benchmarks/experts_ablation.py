@@ -5,7 +5,7 @@ and each position scheme, then prints held-out accuracy per question type next t
 image consumes. Shapes, colours, positions and counts need a pixel expert; the rendered words need the
 OCR expert; compressed schemes save positions.
 
-    python benchmarks/experts_ablation.py                 # all runs (about 3-4 min each on 2 cores)
+    python benchmarks/experts_ablation.py                 # all runs (minutes each on 2 cores; each prints its time)
     python benchmarks/experts_ablation.py --runs clip ocr clip+ocr --sft-steps 200
     python benchmarks/experts_ablation.py --quick --out-dir /tmp/ablation-quick   # smoke run: 2 runs, a few steps
 """

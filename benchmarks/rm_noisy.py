@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_dir)
     lm = out / "lm"
     build_once(lm, {"model": "tests.conftest.save_tiny_text_lm", "seed": 0}, lambda: save_tiny_text_lm(lm, seed=0))
+    started = time.perf_counter()
     noises = [float(x) for x in args.noise.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     methods = args.methods.split(",")
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(f"\nHeld-out accuracy on clean pairs (mean ± std over seeds {seeds}; {args.train} training pairs, "
-          f"{args.steps} steps, ensemble of {args.models} x {args.strength_steps} steps, holdout {args.holdout})\n")
+          f"{args.steps} steps, ensemble of {args.models} x {args.strength_steps} steps, holdout {args.holdout}; "
+          f"{args.jobs} parallel jobs, {time.perf_counter() - started:.0f} s)\n")
     print(table)
     found = [(n, [r["strength"] for r in done if r["noise"] == n and r["strength"]]) for n in noises]
     if any(infos for _, infos in found):
