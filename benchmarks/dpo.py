@@ -15,6 +15,9 @@ another's peak), printed as one markdown table:
    ``padded`` (once per response, the usual layout).
 3. ``reference``: the text model with ``reference=precomputed`` (one scoring pass before training,
    included in the time) vs a live reference copy.
+4. ``rows``: why pair rows are short (``dpo.max_tokens_per_row``): one forward + backward of the text model
+   over the same batches of pairs laid out as trees in rows of 512 and 1024 tokens, all in one row, and
+   as the padded ``[chosen; rejected]`` batch (a dense tree mask costs the square of the row length).
 
 Peak memory: CUDA's allocator peak on a GPU; on a CPU the peak resident set minus the resident set just
 before (sampled every 2 ms), from loading the models to the end of training in ``text`` and
@@ -22,8 +25,10 @@ before (sampled every 2 ms), from loading the models to the end of training in `
 
 Usage::
 
-    python benchmarks/dpo.py            # all three, CPU
+    python benchmarks/dpo.py                            # text, vlm and reference, CPU
     python benchmarks/dpo.py --only text --steps 20
+    python benchmarks/dpo.py --only rows --steps 5      # the row-length sweep
+    python benchmarks/dpo.py --quick                    # smoke run: every comparison, tiny sizes, seconds
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 WORDS = ("the model image safe answer question data red blue green house tree river city light paper stone "
          "music table window garden doctor market travel winter summer morning evening simple careful").split()
-BATCH = 8
+BATCH = 8  # pairs per step (--batch)
 
 
 def _text(rng: random.Random, lo: int, hi: int) -> str:
@@ -101,7 +106,7 @@ class Peak:
 
 
 # --- one variant per subprocess -------------------------------------------------------------------
-def run_trl(root: Path, steps: int) -> dict[str, Any]:
+def run_trl(root: Path, steps: int, batch: int) -> dict[str, Any]:
     import torch
     import trl
     from datasets import Dataset
@@ -112,7 +117,7 @@ def run_trl(root: Path, steps: int) -> dict[str, Any]:
         tok = AutoTokenizer.from_pretrained(root / "llama")
         model = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
         ref = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
-        args = trl.DPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=BATCH, max_steps=steps,
+        args = trl.DPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=batch, max_steps=steps,
                              learning_rate=1e-5, report_to=[], use_cpu=not torch.cuda.is_available(),
                              max_length=None, logging_steps=steps, save_strategy="no", disable_tqdm=True, seed=0,
                              # TRL's DPOConfig defaults to bf16 and activation checkpointing; Mova's run
@@ -121,10 +126,10 @@ def run_trl(root: Path, steps: int) -> dict[str, Any]:
         trainer = trl.DPOTrainer(model=model, ref_model=ref, args=args, processing_class=tok,
                                  train_dataset=Dataset.from_list(rows))
         out = trainer.train()
-    return {"runtime": out.metrics["train_runtime"], "mib": peak.mib}
+    return {"runtime": out.metrics["train_runtime"], "train_s": out.metrics["train_runtime"], "mib": peak.mib}
 
 
-def run_mova_text(root: Path, steps: int, reference: str) -> dict[str, Any]:
+def run_mova_text(root: Path, steps: int, batch: int, reference: str) -> dict[str, Any]:
     from mova.config import DataConfig, RunConfig, TrainConfig
     from mova.trainers import dpo as dpo_mod
     from mova.trainers.dpo_config import DpoConfig
@@ -132,7 +137,7 @@ def run_mova_text(root: Path, steps: int, reference: str) -> dict[str, Any]:
     cfg = RunConfig(stage="dpo", init_from=str(root / "llama"),
                     data=DataConfig(data_path=str(root / "pairs.jsonl"), group_by_modality_length=False),
                     train=TrainConfig(output_dir=str(root / f"mova-{reference}"), max_steps=steps,
-                                      per_device_train_batch_size=BATCH, learning_rate=1e-5, save_steps=0,
+                                      per_device_train_batch_size=batch, learning_rate=1e-5, save_steps=0,
                                       logging_steps=steps, report_to=[], warmup_ratio=0.0),
                     sections={"dpo": DpoConfig(reference=reference)})
     with Peak() as peak:
@@ -141,11 +146,11 @@ def run_mova_text(root: Path, steps: int, reference: str) -> dict[str, Any]:
         total = time.perf_counter() - t0
     # precomputed: the scoring pass runs before train(); count it (its share of the end-to-end time).
     runtime = summary["train_runtime_s"] + (summary.get("reference_seconds") or 0.0)
-    return {"runtime": runtime, "mib": peak.mib, "end_to_end": total,
+    return {"runtime": runtime, "train_s": summary["train_runtime_s"], "mib": peak.mib, "end_to_end": total,
             "note": f"scoring pass {summary['reference_seconds']:.1f} s" if summary.get("reference_seconds") else ""}
 
 
-def run_vlm(root: Path, steps: int, encoding: str) -> dict[str, Any]:
+def run_vlm(root: Path, steps: int, batch: int, encoding: str, config: str = "mid") -> dict[str, Any]:
     import torch
     from train_throughput import model_config
 
@@ -156,7 +161,7 @@ def run_vlm(root: Path, steps: int, encoding: str) -> dict[str, Any]:
     from tests.conftest import random_image
 
     torch.manual_seed(0)
-    model, processor = build_model(model_config("mid", "fp32"), load_weights=False)
+    model, processor = build_model(model_config(config, "fp32"), load_weights=False)
     model.requires_grad_(False)
     model.language_model.requires_grad_(True)
     ref = __import__("copy").deepcopy(model).eval()
@@ -165,17 +170,17 @@ def run_vlm(root: Path, steps: int, encoding: str) -> dict[str, Any]:
 
     pairs = [PreferencePair(id=str(i), index=i, prompt=[{"from": "human", "value": "<image>\n" + _text(rng, 10, 60)}],
                             chosen=_text(rng, 10, 120), rejected=_text(rng, 10, 120), image=random_image(i, (256, 256)),
-                            meta={}) for i in range(BATCH * (steps + 1))]
+                            meta={}) for i in range(batch * (steps + 1))]
     enc = PairEncoder(processor, model.config.template)
     collate = pair_collator(encoding, processor.tokenizer.pad_token_id, DpoConfig().max_tokens_per_row)
-    batches = [collate([enc.encode(p) for p in pairs[i:i + BATCH]]) for i in range(0, len(pairs), BATCH)]
+    batches = [collate([enc.encode(p) for p in pairs[i:i + batch]]) for i in range(0, len(pairs), batch)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     from mova.data.pairs import response_logps
 
     def step(b: dict[str, Any]) -> None:
-        pc, pr, _, _ = response_logps(model, b, BATCH)
+        pc, pr, _, _ = response_logps(model, b, batch)
         with torch.no_grad():
-            rc, rr, _, _ = response_logps(ref, b, BATCH)
+            rc, rr, _, _ = response_logps(ref, b, batch)
         dpo_loss(pc, pr, rc, rr).losses.mean().backward()
         opt.step()
         opt.zero_grad()
@@ -186,57 +191,140 @@ def run_vlm(root: Path, steps: int, encoding: str) -> dict[str, Any]:
         for b in batches[1:]:
             step(b)
         runtime = time.perf_counter() - t0
-    return {"runtime": runtime, "mib": peak.mib}
+    return {"runtime": runtime, "train_s": runtime, "mib": peak.mib}
+
+
+#: layout name -> (pair encoding, tokens per row); None: every pair of the batch in one row.
+ROW_LAYOUTS: dict[str, tuple[str, int | None]] = {
+    "tree, rows of 512": ("shared", 512), "tree, rows of 1024": ("shared", 1024),
+    "tree, one row": ("shared", None), "padded [chosen; rejected]": ("padded", None)}
+
+
+def run_rows(root: Path, steps: int, batch: int) -> dict[str, Any]:
+    """Seconds per forward + backward (policy only) of each row layout over the same ``steps`` batches; the
+    layouts take turns batch by batch, after one warm-up pass each."""
+    import statistics
+
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from mova.data.pairs import PairEncoder, pair_collator, response_logps
+    from mova.data.preference import load_text_preferences
+
+    tok = AutoTokenizer.from_pretrained(root / "llama")
+    model = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
+    enc = PairEncoder(tok, "tokenizer" if getattr(tok, "chat_template", None) else "raw")
+    encoded = [enc.encode(p) for p in load_text_preferences(root / "pairs.jsonl")][:batch * steps]
+    groups = [encoded[i:i + batch] for i in range(0, len(encoded), batch)]
+    longest = max(p.num_tokens for p in encoded) * batch
+    batches = {name: [pair_collator(kind, tok.pad_token_id, tokens or longest)(g) for g in groups]
+               for name, (kind, tokens) in ROW_LAYOUTS.items()}
+
+    def step(b: dict[str, Any], n: int) -> None:
+        chosen, rejected, _, _ = response_logps(model, b, n)
+        (chosen.sum() + rejected.sum()).backward()
+        model.zero_grad(set_to_none=True)
+
+    seconds: dict[str, list[float]] = {name: [] for name in ROW_LAYOUTS}
+    cpu: dict[str, list[float]] = {name: [] for name in ROW_LAYOUTS}
+    for name in ROW_LAYOUTS:
+        step(batches[name][0], len(groups[0]))
+    for i, g in enumerate(groups):
+        for name in ROW_LAYOUTS:
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(batches[name][i], len(g))
+            seconds[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {"tokens_per_pair": statistics.mean(p.num_tokens for p in encoded),
+            "layouts": {name: {"seconds": statistics.median(seconds[name]), "cpu": statistics.median(cpu[name]),
+                               "rows": statistics.mean(b["input_ids"].shape[0] for b in batches[name]),
+                               "width": statistics.mean(b["input_ids"].shape[1] for b in batches[name])}
+                        for name in ROW_LAYOUTS}}
 
 
 VARIANTS = {
-    "text/trl": lambda root, steps: run_trl(root, steps),
-    "text/mova": lambda root, steps: run_mova_text(root, steps, "copy"),
-    "vlm/padded": lambda root, steps: run_vlm(root, steps, "padded"),
-    "vlm/shared": lambda root, steps: run_vlm(root, steps, "shared"),
-    "reference/live": lambda root, steps: run_mova_text(root, steps, "copy"),
-    "reference/precomputed": lambda root, steps: run_mova_text(root, steps, "precomputed"),
+    "text/trl": lambda root, a: run_trl(root, a.steps, a.batch),
+    "text/mova": lambda root, a: run_mova_text(root, a.steps, a.batch, "copy"),
+    "vlm/padded": lambda root, a: run_vlm(root, a.steps, a.batch, "padded", a.vlm_config),
+    "vlm/shared": lambda root, a: run_vlm(root, a.steps, a.batch, "shared", a.vlm_config),
+    "reference/live": lambda root, a: run_mova_text(root, a.steps, a.batch, "copy"),
+    "reference/precomputed": lambda root, a: run_mova_text(root, a.steps, a.batch, "precomputed"),
+    "rows/sweep": lambda root, a: run_rows(root, a.steps, a.batch),
 }
 COMPARISONS = {"text": ("text/trl", "text/mova"), "vlm": ("vlm/padded", "vlm/shared"),
-               "reference": ("reference/live", "reference/precomputed")}
+               "reference": ("reference/live", "reference/precomputed"), "rows": ("rows/sweep",)}
+
+
+def _in_subprocess(variant: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One variant in a fresh process (its memory never shows in another's peak); its RESULT line."""
+    proc = subprocess.run([sys.executable, __file__, "--one", variant, "--root", str(root), "--steps", str(args.steps),
+                           "--batch", str(args.batch), "--vlm-config", args.vlm_config], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        raise SystemExit(f"{variant} failed (exit code {proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                         f"{proc.stderr[-4000:]}")
+    print(f"{variant}: {line[7:]}", file=sys.stderr, flush=True)
+    return json.loads(line[7:])
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default="text,vlm,reference", help="comma-separated: text, vlm, reference")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--only", default="text,vlm,reference", help="comma-separated: text, vlm, reference, rows")
+    p.add_argument("--steps", type=int, default=20, help="optimiser steps (rows: batches timed)")
+    p.add_argument("--batch", type=int, default=BATCH, help="pairs per step")
+    p.add_argument("--vlm-config", default="mid", help="the vlm comparison's model (train_throughput's configs)")
+    p.add_argument("--out", default=None, help="working folder (default: a new temporary one)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the variants in this process (faster; peak memory then includes earlier variants)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: every comparison, tiny sizes, one step, in this process")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
+    if p.parse_known_args(argv)[0].quick:  # quick sizes are defaults: explicit arguments still win
+        p.set_defaults(only="text,vlm,reference,rows", steps=1, batch=2, vlm_config="tiny", in_process=True)
     args = p.parse_args(argv)
     if args.one:
-        result = VARIANTS[args.one](Path(args.root), args.steps)
+        result = VARIANTS[args.one](Path(args.root), args)
         print("RESULT " + json.dumps(result))
         return
-    root = Path(tempfile.mkdtemp(prefix="mova-dpo-bench-"))
-    write_text_pairs(root / "pairs.jsonl", BATCH * (args.steps + 2))
+    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mova-dpo-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    write_text_pairs(root / "pairs.jsonl", args.batch * (args.steps + 2))
     tiny_llama(root)
-    rows = []
-    for name in args.only.split(","):
+    rows, sweep = [], None
+    names = args.only.split(",")
+    run = (lambda variant: VARIANTS[variant](root, args)) if args.in_process else \
+        (lambda variant: _in_subprocess(variant, root, args))
+    for name in names:
+        if name not in COMPARISONS:
+            raise SystemExit(f"unknown comparison {name!r}; known: {', '.join(COMPARISONS)}")
+    for name in names:
+        if name == "rows":
+            sweep = run("rows/sweep")
+            continue
         base, ours = COMPARISONS[name]
-        res = {}
-        for variant in (base, ours):
-            proc = subprocess.run([sys.executable, __file__, "--one", variant, "--root", str(root),
-                                   "--steps", str(args.steps)], capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                raise SystemExit(f"{variant} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-            res[variant] = json.loads(line[7:])
-            print(f"{variant}: {res[variant]}", file=sys.stderr, flush=True)
+        res = {variant: run(variant) for variant in (base, ours)}
         for variant in (base, ours):
             r = res[variant]
-            rows.append((name, variant.split("/")[1], BATCH * args.steps / r["runtime"], r["mib"],
-                         res[base]["runtime"] / r["runtime"], r.get("note", "")))
-    print(f"\nDPO throughput, batch {BATCH} pairs, {args.steps} steps\n")
-    print("| comparison | variant | pairs/s | peak MiB added | speed-up | note |")
-    print("|---|---|---:|---:|---:|---|")
-    for name, variant, pps, mib, speed, note in rows:
-        print(f"| {name} | {variant} | {pps:.2f} | {mib:.0f} | {speed:.2f}x | {note} |")
+            rows.append((name, variant.split("/")[1], args.batch * args.steps / r["runtime"], r["train_s"], r["mib"],
+                         res[base]["runtime"] / r["runtime"], r["mib"] / res[base]["mib"], r.get("note", "")))
+    if rows:
+        where = "all in one process: peak memory not comparable" if args.in_process else "each in its own process"
+        print(f"\nDPO throughput, batch {args.batch} pairs, {args.steps} steps, {where}\n")
+        print("| comparison | variant | pairs/s | train loop s | peak MiB added | speed-up | memory vs first | note |")
+        print("|---|---|---:|---:|---:|---:|---:|---|")
+        for name, variant, pps, train_s, mib, speed, mem, note in rows:
+            print(f"| {name} | {variant} | {pps:.2f} | {train_s:.1f} | {mib:.0f} | {speed:.2f}x | {mem:.2f}x "
+                  f"| {note} |")
+    if sweep is not None:
+        print(f"\nDPO row layouts: forward + backward of the text model, {args.batch} pairs of "
+              f"{sweep['tokens_per_pair']:.0f} tokens on average, median over {args.steps} batches\n")
+        print("| layout | rows x width (token slots) | s per forward + backward | CPU s |")
+        print("|---|---|---:|---:|")
+        for name, r in sweep["layouts"].items():
+            slots = f"{r['rows']:.1f} x {r['width']:.0f} ({r['rows'] * r['width']:,.0f})"
+            print(f"| {name} | {slots} | {r['seconds']:.2f} | {r['cpu']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ and each position scheme, then prints held-out accuracy per question type next t
 image consumes. Shapes, colours, positions and counts need a pixel expert; the rendered words need the
 OCR expert; compressed schemes save positions.
 
-    python benchmarks/experts_ablation.py                 # all runs (about 3-4 min each on 2 cores)
+    python benchmarks/experts_ablation.py                 # all runs (minutes each on 2 cores; each prints its time)
     python benchmarks/experts_ablation.py --runs clip ocr clip+ocr --sft-steps 200
+    python benchmarks/experts_ablation.py --quick --out-dir /tmp/ablation-quick   # smoke run: 2 runs, a few steps
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def model_config(experts: tuple[str, ...], sam_scheme: str) -> ModelConfig:
     return from_dict(ModelConfig, data, "model")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="*", default=list(RUNS), help=f"subset of: {', '.join(RUNS)}")
     parser.add_argument("--out-dir", default="runs/ablation")
@@ -54,7 +55,10 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=100)
     parser.add_argument("--align-steps", type=int, default=120)
     parser.add_argument("--sft-steps", type=int, default=360)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps: checks the script runs")
+    if parser.parse_known_args(argv)[0].quick:  # quick sizes are defaults: explicit arguments still win
+        parser.set_defaults(runs=["ocr", "clip+sam"], train_images=8, test_images=4, align_steps=2, sft_steps=2)
+    args = parser.parse_args(argv)
     demo = DemoConfig(out_dir=args.out_dir, n_train_images=args.train_images, n_test_images=args.test_images,
                       align_steps=args.align_steps, sft_steps=args.sft_steps)
     data = Path(args.out_dir) / "data"

@@ -4,6 +4,7 @@
     python benchmarks/ppo.py --out runs/bench_ppo                 # tiny text + tiny VLM, CPU
     python benchmarks/ppo.py --out runs/bench_ppo --curves 60     # also ppo_max vs vanilla, 60 iterations
     python benchmarks/ppo.py --width 512 --layers 8 --new-tokens 128 --rollout 64   # a larger text model (GPU)
+    python benchmarks/ppo.py --quick --out /tmp/ppo-quick                          # smoke run, seconds
 
 Rows (one run each, after ``--warmup`` iterations that are not timed):
 
@@ -27,31 +28,39 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def text_policy(root: Path, layers: int, width: int) -> tuple[Path, Path]:
-    """(policy folder, prompts file): a tiny Llama warmed up on the colour task."""
+def text_policy(root: Path, layers: int, width: int, sft_steps: int = 60) -> tuple[Path, Path]:
+    """(policy folder, prompts file): a tiny Llama warmed up on the colour task (reused only when built with
+    the same arguments)."""
+    from mova.artifacts import build_once
+    from mova.data.colour_task import write_colour_task
+
+    data = write_colour_task(root / "data", n_prompts=256)
+    folder = root / f"policy-{layers}x{width}"
+    key = {"layers": layers, "width": width, "sft_steps": sft_steps, "batch": 16, "lr": 3e-3, "n_prompts": 256}
+    build_once(folder, key, lambda: _train_policy(folder, data["sft"], layers, width, sft_steps),
+               marker="final/config.json")
+    return folder / "final", data["prompts"]
+
+
+def _train_policy(folder: Path, sft_data: Path, layers: int, width: int, steps: int) -> None:
     import json as _json
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mova.config import TrainConfig
-    from mova.data.colour_task import write_colour_task
     from mova.model.tiny import tiny_text_lm
     from mova.trainers.text_sft import train_prompt_answer
 
-    data = write_colour_task(root / "data", n_prompts=256)
-    final = root / f"policy-{layers}x{width}" / "final"
-    if not (final / "config.json").is_file():
-        tiny_text_lm(final.parent / "init", layers=layers, width=width)
-        model = AutoModelForCausalLM.from_pretrained(final.parent / "init", dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(final.parent / "init")
-        records = [_json.loads(x) for x in data["sft"].read_text().splitlines() if x.strip()]
-        cfg = TrainConfig(max_steps=60, per_device_train_batch_size=16, learning_rate=3e-3, warmup_ratio=0.0,
-                          logging_steps=60, save_steps=600, report_to=[], lr_scheduler_type="constant")
-        train_prompt_answer(model, tok, records, cfg, final.parent / "sft_run")
-        model.save_pretrained(final)
-        tok.save_pretrained(final)
-    return final, data["prompts"]
+    tiny_text_lm(folder / "init", layers=layers, width=width)
+    model = AutoModelForCausalLM.from_pretrained(folder / "init", dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder / "init")
+    records = [_json.loads(x) for x in sft_data.read_text().splitlines() if x.strip()]
+    cfg = TrainConfig(max_steps=steps, per_device_train_batch_size=16, learning_rate=3e-3, warmup_ratio=0.0,
+                      logging_steps=steps, save_steps=10 * steps, report_to=[], lr_scheduler_type="constant")
+    train_prompt_answer(model, tok, records, cfg, folder / "sft_run")
+    model.save_pretrained(folder / "final")
+    tok.save_pretrained(folder / "final")
 
 
 def vlm_setup(root: Path) -> tuple[Path, Path, Path]:
@@ -104,8 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--curves", type=int, default=0, help="also run ppo_max vs vanilla for N iterations")
+    p.add_argument("--curve-rollout", type=int, default=16, help="prompts per iteration in the --curves runs")
     p.add_argument("--no-vlm", action="store_true")
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--sft-steps", type=int, default=60, help="SFT steps of the text policy on the colour task")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and a few steps: checks the script runs")
+    if p.parse_known_args(argv)[0].quick:  # quick sizes are defaults: explicit arguments still win
+        p.set_defaults(iterations=1, warmup=1, rollout=4, new_tokens=4, sft_steps=2, curves=2, curve_rollout=4)
     args = p.parse_args(argv)
 
     import torch
@@ -114,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     from mova.trainers.ppo import plot_curves
 
     out = Path(args.out)
-    policy, prompts = text_policy(out, args.layers, args.width)
+    policy, prompts = text_policy(out, args.layers, args.width, args.sft_steps)
     common = [f"train.max_steps={args.iterations + args.warmup}", "train.report_to=[]", "train.save_steps=0",
               "train.learning_rate=1e-3", f"ppo.rollout_batch_size={args.rollout}",
               f"ppo.mini_batch_size={max(args.rollout // 2, 1)}", f"ppo.max_new_tokens={args.new_tokens}",
@@ -145,13 +159,16 @@ def main(argv: list[str] | None = None) -> None:
         for preset in ("ppo_max", "vanilla"):
             t0 = time.time()
             s = run(text + [f"train.max_steps={args.curves}", "train.report_to=[]", "train.save_steps=0",
-                            "train.learning_rate=1e-3", "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8",
+                            "train.learning_rate=1e-3", f"ppo.rollout_batch_size={args.curve_rollout}",
+                            f"ppo.mini_batch_size={max(args.curve_rollout // 2, 1)}",
                             "ppo.max_new_tokens=12", f"ppo.preset={preset}", f"train.use_cpu={args.cpu}",
                             f"train.output_dir={out / f'curve-{preset}'}"])
             runs[preset] = s["history"]
             last = s["history"][-10:]
             result[f"curve_{preset}"] = {
                 "seconds": time.time() - t0,
+                "reward_first": s["history"][0]["objective/reward"],
+                "ppl_first": s["history"][0]["objective/ppl"],
                 "reward_last10": statistics.mean(h["objective/reward"] for h in last),
                 "kl_last10": statistics.mean(h["objective/kl"] for h in last),
                 "kl_max": max(h["objective/kl"] for h in s["history"]),
@@ -161,13 +178,15 @@ def main(argv: list[str] | None = None) -> None:
             }
         plot_curves(runs, out / "ppo_max_vs_vanilla.png")
         png = out / "ppo_max_vs_vanilla.png"
-        print(f"\nppo_max vs vanilla, {args.curves} iterations of 16 prompts (curves: {png})\n")
-        print("| preset | reward (last 10) | KL (last 10) | max KL | ppl (last 10) | length (last 10) | warnings |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print(f"\nppo_max vs vanilla, {args.curves} iterations of {args.curve_rollout} prompts (curves: {png})\n")
+        print("| preset | reward (first) | reward (last 10) | KL (last 10) | max KL | ppl (first) | ppl (last 10) "
+              "| length (last 10) | warnings | seconds |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for preset in ("ppo_max", "vanilla"):
             c = result[f"curve_{preset}"]
-            print(f"| {preset} | {c['reward_last10']:.3f} | {c['kl_last10']:.2f} | {c['kl_max']:.2f} | "
-                  f"{c['ppl_last10']:.2f} | {c['length_last10']:.1f} | {c['collapse_warnings']} |")
+            print(f"| {preset} | {c['reward_first']:.3f} | {c['reward_last10']:.3f} | {c['kl_last10']:.2f} | "
+                  f"{c['kl_max']:.2f} | {c['ppl_first']:.2f} | {c['ppl_last10']:.2f} | {c['length_last10']:.1f} | "
+                  f"{c['collapse_warnings']} | {c['seconds']:.0f} |")
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -7,6 +7,8 @@ model per method on the tiny 2-layer Llama and score the clean test pairs. Print
 spread over seeds) and writes ``results.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/rm_noisy.py --out-dir runs/bench-rm-noisy
+    OMP_NUM_THREADS=1 python benchmarks/rm_noisy.py --seeds 0,1,2 --jobs 9        # the table the docs quote
+    python benchmarks/rm_noisy.py --quick --out-dir /tmp/rm-quick                  # smoke run, every method
 
 Label flipping swaps the pairs the ensemble puts below zero (``flip_fraction`` = the share of negative
 strength means), so it needs no knowledge of the true noise rate.
@@ -104,18 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--jobs", type=int, default=1, help="(seed, noise) combinations run in parallel processes")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="tiny sizes and a few steps: checks the script runs")
+    if p.parse_known_args(argv)[0].quick:  # quick sizes are defaults: explicit arguments still win
+        p.set_defaults(noise="0.2", seeds="0", train=32, test=16, steps=2, strength_steps=1, models=2, batch=8)
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
 
     import torch
 
+    from mova.artifacts import build_once
     from tests.conftest import save_tiny_text_lm
 
     torch.set_num_threads(1)
     out = Path(args.out_dir)
     lm = out / "lm"
-    if not (lm / "config.json").is_file():
-        save_tiny_text_lm(lm, seed=0)
+    build_once(lm, {"model": "tests.conftest.save_tiny_text_lm", "seed": 0}, lambda: save_tiny_text_lm(lm, seed=0))
+    started = time.perf_counter()
     noises = [float(x) for x in args.noise.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     methods = args.methods.split(",")
@@ -158,8 +164,20 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(f"\nHeld-out accuracy on clean pairs (mean ± std over seeds {seeds}; {args.train} training pairs, "
-          f"{args.steps} steps, ensemble of {args.models} x {args.strength_steps} steps, holdout {args.holdout})\n")
+          f"{args.steps} steps, ensemble of {args.models} x {args.strength_steps} steps, holdout {args.holdout}; "
+          f"{args.jobs} parallel jobs, {time.perf_counter() - started:.0f} s)\n")
     print(table)
+    found = [(n, [r["strength"] for r in done if r["noise"] == n and r["strength"]]) for n in noises]
+    if any(infos for _, infos in found):
+        print("\n| flipped | flipped pairs the ensemble put below zero | pairs below zero |")
+        print("|---|---|---|")
+        for n, infos in found:
+            if infos:
+                hits = sorted(i["noisy_with_negative_strength"] for i in infos)
+                noisy = sorted({i["noisy_pairs"] for i in infos})
+                share = sorted(i["negative_share"] for i in infos)
+                print(f"| {int(n * 100)}% | {hits[0]}-{hits[-1]} of {'/'.join(map(str, noisy))} "
+                      f"| {100 * share[0]:.0f}-{100 * share[-1]:.0f}% |")
     (out / "results.json").write_text(json.dumps({"args": vars(args), "accuracy": results,
                                                   "strength": extra_info, "table": table}, indent=2) + "\n")
     return 0

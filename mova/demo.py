@@ -44,17 +44,17 @@ class DemoConfig:
     align_steps: int = 100
     sft_steps: int = 800
     batch_size: int = 16
-    # Measured on the tiny preset: 3e-3 for sft collapsed to constant answers; 1e-3 to 1.5e-3 learns.
+    # On the tiny preset a higher sft rate (3e-3) collapsed to constant answers; 1e-3 to 1.5e-3 learns.
     align_lr: float = 1e-3
     sft_lr: float = 1.5e-3
     seed: int = 0
     blanked_control: bool = True
-    #: run the blanked control in a second process beside the main run (2 cores: ~half the wall time).
+    #: run the blanked control in a second process beside the main run (on 2+ cores the two overlap).
     parallel: bool = True
     #: DPO on the mini SPA-VL after sft, with the safety evaluation before and after (0 steps: skip).
-    #: Measured on the tiny preset: 300 steps of 16 at lr 1e-3 (LLM only) learnt to refuse everything
-    #: (92% of benign questions); 600 steps of 8 at 3e-3 with the fusion network training too refused
-    #: 97% of harmful and 14% of benign held-out questions.
+    #: The fusion network trains too: with it frozen the tiny model learnt to refuse benign questions as
+    #: well, unable to look past the visual tokens in front of each question (see the README's quickstart;
+    #: the demo prints the refusal rates of this setting).
     dpo_steps: int = 600
     dpo_batch_size: int = 8
     dpo_lr: float = 3e-3

@@ -22,7 +22,7 @@ TINY_LLM: dict[str, Any] = {
     "max_position_embeddings": 512,
     "rms_norm_eps": 1e-6,
     # A larger init than the 0.02 of big LLMs: at width 64 it got the demo's sft out of the answer-prior
-    # plateau much sooner (measured: shape/colour/count 84-96% vs 56-72% after 800 steps).
+    # plateau (constant answers per question type) much sooner.
     "initializer_range": 0.1,
     "tie_word_embeddings": False,
 }
@@ -35,8 +35,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"family": "layoutlmv3", "tiny": True, "position_scheme": "full"},
             {"family": "timm", "tiny": True, "position_scheme": "full"},
             # RapidOCR upsamples an image until its short side reaches det_limit_side_len (736 by default):
-            # 160 keeps the demo's 128 px images near their size, 31 vs 279 ms per image with the same
-            # words read (measured on the synthetic set, 2 CPU cores).
+            # 160 keeps the demo's 128 px images near their size, many times faster with the same words
+            # read (python benchmarks/ocr.py prints both).
             {"family": "ocr_text", "max_tokens": 16, "position_scheme": "full",
              "kwargs": {"det_limit_side_len": 160}},
         ],

@@ -14,7 +14,7 @@ PACKAGE = ROOT / "mova"
 
 #: lower numbers sit below: a module may import its own layer and the ones below, never one above.
 LAYERS = {
-    "mova.errors": 0, "mova.registry": 0, "mova.config": 0, "mova.presets": 0,
+    "mova.errors": 0, "mova.registry": 0, "mova.config": 0, "mova.presets": 0, "mova.artifacts": 0,
     "mova.model": 1,
     "mova.data": 2, "mova.metrics": 2,
     "mova.inference": 3, "mova.rl": 3,

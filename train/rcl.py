@@ -18,6 +18,9 @@ from pathlib import Path
 
 
 def _demo(a: argparse.Namespace) -> None:
+    import dataclasses
+
+    from mova.artifacts import build_once, claim
     from mova.config import TrainConfig
     from mova.continual.config import load_continual_config
     from mova.continual.loop import run_continual
@@ -34,16 +37,29 @@ def _demo(a: argparse.Namespace) -> None:
                  f"order={json.dumps(a.tasks.split(','))}", f"strategies={json.dumps(a.strategies.split(','))}",
                  *a.overrides]
     cfg = load_continual_config(a.config, overrides)
-    if "rcl" in cfg.strategies and not (out / "teacher" / "config.json").is_file():
-        t0 = time.perf_counter()
-        teacher_cfg = TrainConfig(num_train_epochs=a.teacher_epochs, per_device_train_batch_size=16,
-                                  learning_rate=3e-3, warmup_ratio=0.05, save_steps=0, report_to=[],
-                                  logging_steps=20, use_cpu=True)
-        s = train_teacher(task_order(data, cfg.order), base, out / "teacher", teacher_cfg, cfg.rcl,
-                          limit=a.teacher_records)
-        shutil.rmtree(out / "rcl_paths", ignore_errors=True)  # paths of an earlier teacher would be reused
-        print(f"teacher: {s['global_step']} steps, loss {s['first_loss']:.3f} -> {s['last_loss']:.3f}, "
-              f"{time.perf_counter() - t0:.0f} s")
+    # What shapes each reused folder: a rerun with other sizes rebuilds it instead of reusing a stale one.
+    data_key = {"tasks": a.tasks, "train": a.train, "test": a.test, "base": "save_tiny_lm defaults"}
+    teacher_key = {**data_key, "teacher_epochs": a.teacher_epochs, "teacher_records": a.teacher_records,
+                   "rcl": dataclasses.asdict(cfg.rcl)}
+    if "rcl" in cfg.strategies:
+        def build_teacher() -> None:
+            t0 = time.perf_counter()
+            teacher_cfg = TrainConfig(num_train_epochs=a.teacher_epochs, per_device_train_batch_size=16,
+                                      learning_rate=3e-3, warmup_ratio=0.05, save_steps=0, report_to=[],
+                                      logging_steps=20, use_cpu=True)
+            s = train_teacher(task_order(data, cfg.order), base, out / "teacher", teacher_cfg, cfg.rcl,
+                              limit=a.teacher_records)
+            shutil.rmtree(out / "rcl_paths", ignore_errors=True)  # paths of an earlier teacher would be reused
+            print(f"teacher: {s['global_step']} steps, loss {s['first_loss']:.3f} -> {s['last_loss']:.3f}, "
+                  f"{time.perf_counter() - t0:.0f} s")
+
+        build_once(out / "teacher", teacher_key, build_teacher)
+        if not cfg.rcl.paths_dir:  # the teacher's paths, unless the run reads them from a folder of its own
+            claim(out / "rcl_paths", teacher_key)
+    # The loop resumes each strategy from its folder's state.json: only a run with the same configuration may.
+    run_key = {**teacher_key, "config": dataclasses.asdict(cfg)}
+    for name in cfg.strategies:
+        claim(out / name, run_key)
     summary = run_continual(cfg)
     print(summary["table"])
     print(f"RCL paths kept: {json.dumps({k: v['kept'] for k, v in _kept(out).items()})}")

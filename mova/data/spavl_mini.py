@@ -320,8 +320,8 @@ def held_out_templates(task: Task, subcategory_index: int) -> set[int]:
 
     A subcategory's k-th harmful and k-th benign task hold out the same templates. With different ones
     the training questions' template (with the image's domain icon) would predict the intent, and a
-    small model learns that shortcut instead of the task words: measured, it refused 47% of held-out
-    harmful and 39% of benign questions after DPO while separating the training questions perfectly.
+    small model learns that shortcut instead of the task words: after DPO it separated the training
+    questions perfectly and the held-out ones barely at all.
     """
     start = (task.task_index + subcategory_index) % len(QUESTION_TEMPLATES)
     return {(start + j) % len(QUESTION_TEMPLATES) for j in range(HELD_OUT_TEMPLATES)}

@@ -37,7 +37,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-#: Default sizes: OCR costs ~250 ms per distinct image on a 2-core CPU, so 500 images keep the demo short.
+#: Default sizes: OCR runs once per distinct image and dominates building the cache (``python
+#: benchmarks/ocr.py`` prints its cost per image), so 500 images keep the demo short.
 DEFAULT_TRAIN_IMAGES = 400
 DEFAULT_TEST_IMAGES = 100
 IMAGE_SIZE = 128

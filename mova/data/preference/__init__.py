@@ -12,9 +12,9 @@ does not decode, an image path that is absolute or leaves the data folder -- sto
 ``skip_invalid=True`` such rows are logged, left out and counted in ``.skipped`` / ``.summary()``
 instead: a long run should not die on row 80,000, but nothing is dropped silently either.
 
-Images are decoded lazily (in ``__getitem__``): SPA-VL's 93k training images take ~3.5 GB as JPEG and
+Images are decoded lazily (in ``__getitem__``): SPA-VL's 93k training images take gigabytes as JPEG and
 far more decoded. At load time each image is checked by ``verify_images``: ``"header"`` (default; PIL's
-``verify``, about a tenth of a millisecond per image: catches missing, non-image and truncated-PNG bytes),
+``verify``, which reads the header only: catches missing, non-image and truncated-PNG bytes),
 ``"full"`` (decode every image once: catches everything, costs a full decoding pass) or ``"none"``.
 """
 

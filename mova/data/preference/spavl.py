@@ -79,8 +79,8 @@ def load_spavl_split(source: str, config: str, split: str, cache_dir: str | Path
     if folder.is_dir():
         # Always the parquet builder with explicit files, never load_dataset(folder): offline,
         # `datasets` resolves a folder path like a hub name and can return another folder's cached
-        # copy when the two share a basename (measured: a regenerated mini set came back with the
-        # 16 rows of an older one). File-based cache keys follow the files' paths and mtimes.
+        # copy when the two share a basename (seen: a regenerated mini set came back with the rows of an
+        # older one). File-based cache keys follow the files' paths and mtimes.
         try:
             layout = _card_data_files(folder) or SPAVL_LAYOUT
             if config not in layout or split not in layout[config]:

@@ -82,7 +82,7 @@ class OcrTextExpert(VisualExpert):
         self.cache_size = int(options.pop("cache_size", DEFAULT_CACHE_SIZE))
         self.use_angle_cls = bool(options.pop("use_angle_cls", False))
         self.engine_options = options
-        self._engine: Any = None  # created on the first read: loading the onnx models takes ~1 s
+        self._engine: Any = None  # created on the first read: loading the onnx models takes a while
         self._cache: OrderedDict[str, tuple[OcrWord, ...]] = OrderedDict()
         self._lock = threading.Lock()
         #: how many images were actually run through the OCR engine, and how many came from the cache.
