@@ -18,7 +18,7 @@ from mova.presets import preset_dict  # noqa: E402
 
 def tiny_model_config(*, ocr: bool = False, fusion: str = "mlp", sam_scheme: str = "share_by_row",
                       overrides: list[str] | None = None) -> ModelConfig:
-    """The ``tiny`` preset, by default without the OCR expert (OCR costs ~250 ms per image)."""
+    """The ``tiny`` preset, by default without the OCR expert (the real OCR engine is the slow part of a test)."""
     data = preset_dict("tiny")
     if not ocr:
         data["experts"] = [e for e in data["experts"] if e["family"] != "ocr_text"]
