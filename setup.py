@@ -1,4 +1,5 @@
-"""Install Mova: ``pip install -e .[dev]`` (tests), ``[deepspeed]`` (multi-GPU), ``[ocr]`` (OCR expert)."""
+"""Install Mova: ``pip install -e .[dev]`` (tests), ``[deepspeed]`` (multi-GPU), ``[ocr]`` (OCR expert),
+``[qlora]`` (4-bit LoRA), ``[wandb]`` (``train.report_to=wandb``)."""
 
 from pathlib import Path
 
@@ -38,12 +39,17 @@ setup(
     extras_require={
         "ocr": ["rapidocr-onnxruntime>=1.3"],
         "deepspeed": ["deepspeed>=0.15"],
+        # QLoRA (train.lora.quantization_bit=4): 0.46 is the first release with CPU implementations of the 4-bit ops.
+        "qlora": ["bitsandbytes>=0.46"],
+        # report_to=wandb in the RL stages (the supervised ones go through transformers' own callback); 0.19.10
+        # is the first with wandb.init(reinit="finish_previous").
+        "wandb": ["wandb>=0.19.10"],
         # TRL is the DPO benchmark's baseline (and a parity test's reference); never imported by mova/.
         "bench": ["trl==1.16.*", "psutil>=5.9"],
-        # The tests run DeepSpeed ZeRO-2/3 on CPU, read words with the real OCR engine, and check DPO
-        # against TRL.
+        # The tests run DeepSpeed ZeRO-2/3 on CPU, read words with the real OCR engine, check DPO against
+        # TRL, quantize to 4 bits on CPU (QLoRA) and log PPO to W&B in offline mode.
         "dev": ["pytest>=8", "ruff>=0.6", "rapidocr-onnxruntime>=1.3", "deepspeed>=0.15", "trl==1.16.*",
-                "psutil>=5.9"],
+                "psutil>=5.9", "bitsandbytes>=0.46", "wandb>=0.19.10"],
     },
     entry_points={"console_scripts": ["mova=mova.cli:main"]},
 )

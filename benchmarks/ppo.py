@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     common = [f"train.max_steps={args.iterations + args.warmup}", "train.report_to=[]", "train.save_steps=0",
               "train.learning_rate=1e-3", f"ppo.rollout_batch_size={args.rollout}",
               f"ppo.mini_batch_size={max(args.rollout // 2, 1)}", f"ppo.max_new_tokens={args.new_tokens}",
-              "ppo.critic_pretrain_iterations=0", f"train.use_cpu={args.cpu}"]
+              "ppo.critic_pretrain_iterations=0", f"train.use_cpu={args.cpu}",
+              "train.lr_scheduler_type=constant", "train.warmup_ratio=0"]
     text = [f"init_from={policy}", f"data.data_path={prompts}", "ppo.reward_fn=word_fraction",
             f"ppo.reward_kwargs={{words: {COLOURS}}}"]
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
                             "train.learning_rate=1e-3", f"ppo.rollout_batch_size={args.curve_rollout}",
                             f"ppo.mini_batch_size={max(args.curve_rollout // 2, 1)}",
                             "ppo.max_new_tokens=12", f"ppo.preset={preset}", f"train.use_cpu={args.cpu}",
+                            "train.lr_scheduler_type=constant", "train.warmup_ratio=0",
                             f"train.output_dir={out / f'curve-{preset}'}"])
             runs[preset] = s["history"]
             last = s["history"][-10:]

@@ -110,6 +110,7 @@ def rl(schedule: str, policy: Path, data: Path, out: Path, iterations: int, batc
     cfg = load_run_config(None, [
         f"init_from={policy}", f"data.data_path={data}", f"train.output_dir={out}", f"train.max_steps={iterations}",
         f"train.learning_rate={lr}", "train.report_to=[]", "train.save_steps=0", f"train.seed={seed}",
+        "train.lr_scheduler_type=constant", "train.warmup_ratio=0",
         "ppo.preset=ppo_max", "ppo.critic_pretrain_iterations=2", f"ppo.kl_coef={kl}",
         f"ppo.rollout_batch_size={batch}",
         f"ppo.mini_batch_size={batch // 2}", "ppo.max_new_tokens=48", "ppo.temperature=1.0",

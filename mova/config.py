@@ -6,6 +6,7 @@ A model config names its visual experts, its fusion network and its LLM. It is p
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import json
@@ -123,10 +124,42 @@ class ModelConfig:
             raise ConfigError(f"expert names must be unique; repeated: {dupes} (set `name:` on each)")
 
 @dataclass
+class DataSource:
+    """One source of a data mixture (``data.sources``): a split of a Hub dataset, a local folder laid out like
+    one, or a file (see :mod:`mova.data.sources`)."""
+
+    #: a Hub dataset id, a local folder (parquet / JSON files, optionally a README.md ``configs:`` card), or a
+    #: ``.json`` / ``.jsonl`` / ``.parquet`` file.
+    path: str
+    #: the dataset's config (subset) name, as ``datasets.load_dataset(path, name)`` takes it.
+    name: str | None = None
+    split: str = "train"
+    #: this source's share of the mixture (normalised over the sources; null on every source: concatenate).
+    ratio: float | None = bounded(None, gt=0)
+    #: the folder its records' image paths are relative to; default: the folder, or the file's folder.
+    image_folder: str | None = None
+    #: rename columns to Mova's names (``{messages: conversations}``).
+    columns: dict[str, str] = field(default_factory=dict)
+    #: use only the first N rows of this source.
+    limit: int | None = bounded(None, ge=1)
+
+
+@dataclass
 class DataConfig:
     """Where the data is and how strictly to treat it."""
 
+    #: a LLaVA JSON / JSONL file, or (sft / align / dpo / rm) a Hub dataset id or a local folder laid out like
+    #: one; ``sources`` names several instead.
     data_path: str = ""
+    #: several sources, mixed by their ratios (instead of ``data_path``).
+    sources: list[DataSource] = field(default_factory=list)
+    #: how a ratio mixture ends: ``first_exhausted`` (repeat nothing) or ``all_exhausted`` (use everything,
+    #: repeating the smaller sources), as in ``datasets.interleave_datasets``.
+    mix_stopping: Literal["first_exhausted", "all_exhausted"] = "first_exhausted"
+    #: read the sources as streams (sft / align; needs ``train.max_steps``): records are checked as they come.
+    streaming: bool = False
+    #: hold out this share (a fraction below 1) or number of the training records for evaluation.
+    eval_size: float | None = bounded(None, gt=0)
     #: the folder the records' image paths are relative to; default: the data file's folder.
     image_folder: str | None = None
     #: chat template; ``None`` means the stage's default (``plain`` for align, the model's for sft).
@@ -156,7 +189,8 @@ class DataConfig:
     #: use only the first N records (after filtering).
     limit: int | None = bounded(None, ge=1)
 
-    # --- held-out data, scored after (or during) training: a file or a SPA-VL source ---
+    # --- held-out data, scored after (or during, ``train.eval_strategy``) training ---
+    #: a file, folder or Hub id of evaluation data; with ``sources`` and no path, ``eval_split`` of each source.
     eval_data_path: str | None = None
     eval_spavl_config: str = "validation"
     eval_split: str | None = None
@@ -174,11 +208,24 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     #: merge the adapters into the LLM when saving the final model.
     merge: bool = True
+    #: QLoRA: load the LLM's linear layers in 4 bits through bitsandbytes (null: no quantization); LoRA
+    #: adapters then train on the frozen quantized base. Names follow LLaMA-Factory.
+    quantization_bit: Literal[4] | None = None
+    #: 4-bit data type: nf4 (QLoRA's NormalFloat) or fp4.
+    quantization_type: Literal["nf4", "fp4"] = "nf4"
+    #: quantize the quantization constants too (about 0.4 bits per parameter saved).
+    double_quantization: bool = True
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation, checkpointing and reporting; names follow transformers' TrainingArguments."""
+    """Optimisation, checkpointing and reporting; names follow transformers' TrainingArguments.
+
+    The fields below are the ones Mova gives its own default or meaning; any other ``TrainingArguments``
+    field may be set too, by its own name (see ``training_args``). ``warmup_ratio`` is Mova's name for
+    transformers' fractional ``warmup_steps``; a recipe that sets ``warmup_steps`` (a count, or a fraction
+    below 1) overrides it.
+    """
 
     output_dir: str = "runs/tiny"
     num_train_epochs: float = bounded(1.0, ge=0)
@@ -214,6 +261,109 @@ class TrainConfig:
     unfreeze_experts: list[str] = field(default_factory=list)
     lora: LoraConfig = field(default_factory=LoraConfig)
     use_cpu: bool = False
+
+    # --- per-part optimiser settings (null: ``learning_rate`` / ``weight_decay``), as parameter groups ---
+    #: the fusion network (LLaVA's ``mm_projector_lr``).
+    fusion_learning_rate: float | None = bounded(None, ge=0)
+    #: the LLM (its LoRA adapters under LoRA).
+    llm_learning_rate: float | None = bounded(None, ge=0)
+    #: the experts named in ``unfreeze_experts``.
+    experts_learning_rate: float | None = bounded(None, ge=0)
+    fusion_weight_decay: float | None = bounded(None, ge=0)
+    llm_weight_decay: float | None = bounded(None, ge=0)
+    experts_weight_decay: float | None = bounded(None, ge=0)
+
+    #: every other field of transformers' ``TrainingArguments`` a recipe sets (``optim``, ``fsdp``, ``tf32``,
+    #: ``eval_strategy``, ``torch_compile``, ``push_to_hub``, ...). A recipe writes them under ``train:`` by
+    #: their own names; they are gathered here, checked against transformers' dataclass, and written back
+    #: under ``train:`` by :func:`to_dict`.
+    training_args: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # ``cfg.train.optim`` reads a pass-through TrainingArguments field like a Mova one (only reached when
+        # normal lookup fails, so the dataclass fields are untouched).
+        extra = self.__dict__.get("training_args")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+
+#: the model parts :class:`TrainConfig` gives their own learning rate and weight decay.
+PARTS = ("fusion", "llm", "experts")
+
+#: TrainingArguments fields Mova sets itself, which a recipe may not: the trainers rely on their values.
+RESERVED_TRAINING_ARGS: dict[str, str] = {
+    "remove_unused_columns": "Mova's batches carry images and tree layouts the model's signature does not name",
+    "label_names": "Mova's stages read their labels themselves",
+    "disable_tqdm": "Mova draws its own progress bar",
+}
+
+
+def training_args_fields() -> dict[str, Any]:
+    """transformers' ``TrainingArguments`` fields, name -> type hint (what a ``train:`` key may name)."""
+    from transformers import TrainingArguments
+
+    hints = get_type_hints(TrainingArguments)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _gather_training_args(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` (a ``train:`` mapping) with every key that is not a Mova field checked against transformers'
+    ``TrainingArguments`` and moved under ``training_args``; an unknown or reserved key is a ConfigError."""
+    import difflib
+
+    own = {f.name for f in dataclasses.fields(TrainConfig)}
+    extra = [k for k in data if k not in own]
+    nested = data.get("training_args") or {}
+    if not extra and not nested:
+        return data
+    if not isinstance(nested, dict):
+        raise ConfigError(f"{where}.training_args: expected a mapping, got {nested!r}")
+    fields = training_args_fields()
+    out = {k: v for k, v in data.items() if k in own and k != "training_args"}
+    gathered: dict[str, Any] = {}
+    for key, value in [*nested.items(), *((k, data[k]) for k in extra)]:
+        sub = f"{where}.{key}"
+        if key in RESERVED_TRAINING_ARGS:
+            raise ConfigError(f"{sub}: set by Mova, not by a recipe ({RESERVED_TRAINING_ARGS[key]})")
+        if key in own:
+            raise ConfigError(f"{sub}: a Mova field; write it as {where}.{key}, not under training_args")
+        if key not in fields:
+            near = difflib.get_close_matches(key, sorted(own | set(fields)), n=3)
+            raise ConfigError(f"{sub}: unknown key: neither a Mova training option nor a field of transformers' "
+                              f"TrainingArguments" + (f"; did you mean {', '.join(near)}?" if near else
+                                                     " (docs/training_options.md lists them)"))
+        gathered[key] = check_training_arg(key, fields[key], value, sub)
+    out["training_args"] = gathered
+    return out
+
+
+def check_training_arg(name: str, hint: Any, value: Any, where: str) -> Any:
+    """``value`` checked against TrainingArguments' hint for ``name``. A union with an Enum (``optim``,
+    ``eval_strategy``, ``lr_scheduler_type`` ...) takes only the Enum's values, although the hint also says
+    ``str``: transformers converts the string to the Enum and would refuse anything else later, less clearly."""
+    import enum
+
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+    if enums and isinstance(value, str):
+        allowed = [e.value for e in enums[0]]
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if name == "fsdp" and isinstance(value, bool):
+        return value  # transformers' current form (``fsdp: true`` + ``fsdp_config``), though its hint says str
+    if name == "fsdp" and isinstance(value, list):
+        value = " ".join(map(str, value))  # ``fsdp: [full_shard, auto_wrap]`` as TRL / accelerate users write it
+    if name == "fsdp" and isinstance(value, str):
+        from transformers.trainer_utils import FSDPOption
+
+        known = [o.value for o in FSDPOption]
+        bad = [w for w in value.split() if w not in known]
+        if bad:
+            raise ConfigError(f"{where}: {', '.join(map(repr, bad))} is not an FSDP option; the options are "
+                              f"{', '.join(known)} (or true, with train.fsdp_config)")
+    return check_value(hint, value, where)
 
 
 #: The method sections a stage recipe may carry (``dpo:``, ``ppo:``, ...), each read into the config
@@ -279,6 +429,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     :func:`bounded` ranges and choices); an error names the key, the bad value and what is allowed."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    if cls is TrainConfig:
+        data = _gather_training_args(data, where or "train")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -392,10 +544,25 @@ def _check_bounds(meta: Any, value: Any, where: str) -> None:
 def to_dict(obj: Any) -> dict[str, Any]:
     """A config as plain data; a :class:`RunConfig`'s method sections sit at the top level, as in a recipe, so
     the dict a run reports can be written back as a recipe and loaded again."""
-    data = dataclasses.asdict(obj)
+    data = _plain(obj)
     if isinstance(obj, RunConfig):
         data.update(data.pop("sections"))
     return data
+
+
+def _plain(obj: Any) -> Any:
+    """``dataclasses.asdict``, except that a :class:`TrainConfig`'s pass-through TrainingArguments fields sit
+    beside its own fields, as a recipe writes them."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, TrainConfig):
+            out.update(out.pop("training_args"))
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return copy.deepcopy(obj)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -491,6 +658,11 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
             value = getattr(cfg.data, attr)
             if value and not Path(value).is_absolute() and (base / value).exists():
                 setattr(cfg.data, attr, str(base / value))
+        for source in cfg.data.sources:
+            for attr in ("path", "image_folder"):
+                value = getattr(source, attr)
+                if value and not Path(value).is_absolute() and (base / value).exists():
+                    setattr(source, attr, str(base / value))
     return cfg
 
 

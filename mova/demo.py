@@ -55,7 +55,7 @@ class DemoConfig:
     #: The fusion network trains too: with it frozen the tiny model learnt to refuse benign questions as
     #: well, unable to look past the visual tokens in front of each question (see the README's quickstart;
     #: the demo prints the refusal rates of this setting).
-    dpo_steps: int = 600
+    dpo_steps: int = 900
     dpo_batch_size: int = 8
     dpo_lr: float = 3e-3
     dpo_train_fusion: bool = True
@@ -63,6 +63,16 @@ class DemoConfig:
     #: chosen-answer NLL weight: the tiny model has never seen a refusal, so DPO alone would only push
     #: probability away from the rejected answers; RPO's term teaches it to say the chosen ones.
     dpo_rpo_alpha: float = 1.0
+    #: the sft stage's own records mixed into every DPO step at this weight (mova.trainers.instruction_mix):
+    #: without them the aligned model answers the VQA questions in SPA-VL's long style and loses its
+    #: accuracy (the README's quickstart has the numbers of both). 0: plain DPO.
+    dpo_sft_weight: float = 0.3
+    dpo_sft_batch_size: int = 4
+    #: global gradient-norm clipping of the DPO stage (0: off). Without it the model refused most benign
+    #: questions too (docs/spavl.md has the measured settings).
+    dpo_max_grad_norm: float = 1.0
+    #: reference log-probs computed in one pass before DPO instead of a reference forward every step.
+    dpo_reference: str = "precomputed"
     safety_max_new_tokens: int = 24
     #: export the final model as a Hugging Face release folder and evaluate the exported copy.
     export: bool = True
@@ -134,7 +144,11 @@ def dpo_and_safety(demo: DemoConfig, sft_model: str, root: Path) -> dict[str, An
     t0 = time.perf_counter()
     data = write_spavl_mini(root / "spavl-mini", seed=demo.seed)
     opts = {"max_new_tokens": demo.safety_max_new_tokens, "batch_size": 32, "progress": False}
-    before = evaluate_safety(sft_model, str(data), out_dir=root / "safety-sft", name="after sft", **opts)
+    # The sft model's safety answers are needed only after DPO (as the comparison's base): score them in a
+    # second process while DPO trains on this one.
+    before_path = root / "safety-sft" / "result.json"
+    worker = _spawn(_safety_worker, sft_model, str(data), str(root / "safety-sft"), str(before_path),
+                    demo.safety_max_new_tokens)
     cfg = RunConfig(
         stage="dpo",
         init_from=sft_model,
@@ -142,17 +156,70 @@ def dpo_and_safety(demo: DemoConfig, sft_model: str, root: Path) -> dict[str, An
         train=TrainConfig(output_dir=str(root / "dpo"), max_steps=demo.dpo_steps,
                           per_device_train_batch_size=demo.dpo_batch_size, learning_rate=demo.dpo_lr,
                           warmup_ratio=0.05, logging_steps=10, save_steps=0, seed=demo.seed,
-                          report_to=["tensorboard"]),
+                          max_grad_norm=demo.dpo_max_grad_norm, report_to=["tensorboard"]),
         sections={"dpo": DpoConfig(beta=demo.dpo_beta, rpo_alpha=demo.dpo_rpo_alpha,
-                                   train_fusion=demo.dpo_train_fusion, max_tokens_per_row=512)},
+                                   train_fusion=demo.dpo_train_fusion, max_tokens_per_row=512,
+                                   reference=demo.dpo_reference,
+                                   sft_data=str(root / "data" / "sft.json") if demo.dpo_sft_weight else None,
+                                   sft_weight=demo.dpo_sft_weight or 1.0, sft_batch_size=demo.dpo_sft_batch_size,
+                                   sft_feature_cache=str(root / "cache"))},
     )
     summary = run_dpo(cfg)
+    _join(worker, root / "safety-sft" / "worker.log", "the sft model's safety evaluation")
+    before = json.loads(before_path.read_text())
     after = evaluate_safety(summary["final_model"], str(data), out_dir=root / "safety-dpo", name="after dpo",
                             base_answers=root / "safety-sft" / "answers.jsonl", **opts)
     margin = summary["last_metrics"].get("rewards/margins")
     print(f"[safety] DPO {demo.dpo_steps} steps" + (f", last reward margin {margin:.2f}" if margin is not None else "")
           + f"; {time.perf_counter() - t0:.0f}s with both evaluations", flush=True)
     return {"after sft": before, "after dpo": after}
+
+
+def _spawn(target: Any, *args: Any) -> Any:
+    """``target(*args, log_path)`` in a second process (spawned: no state shared with this one)."""
+    import multiprocessing as mp
+
+    worker = mp.get_context("spawn").Process(target=target, args=args)
+    worker.start()
+    return worker
+
+
+def _join(worker: Any, log: Path, what: str) -> None:
+    worker.join()
+    if worker.exitcode != 0:
+        raise RuntimeError(f"{what} failed (exit code {worker.exitcode}); see {log}")
+
+
+def _safety_worker(model_dir: str, data: str, out_dir: str, result_path: str, max_new_tokens: int) -> None:
+    """The sft model's safety evaluation in a second process (its output in ``out_dir``/worker.log)."""
+    import contextlib
+
+    from mova.evaluation.safety import evaluate_safety
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / "worker.log", "w") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        torch.set_num_threads(1)
+        result = evaluate_safety(model_dir, data, out_dir=out_dir, name="after sft", max_new_tokens=max_new_tokens,
+                                 batch_size=32, progress=False)
+        Path(result_path).write_text(json.dumps(result) + "\n")
+
+
+def final_vqa(model_dir: str, data: Path) -> dict[str, Any]:
+    """Held-out VQA of the final (aligned) model: the alignment tax on what the model was fine-tuned for.
+    Its predictions stay in the result: the export check compares the exported copy's answers with them."""
+    records = json.loads((data / "test.json").read_text())
+    return evaluate_vqa(*load_pretrained(model_dir), records, data, batch_size=32, progress=False)
+
+
+def summary_line(vqa: float, sft_vqa: float, safety: dict[str, Any] | None) -> str:
+    """``final model: vqa X%, harm unsafe Y%, help refusal Z%`` (the demo's last word on its final model)."""
+    line = f"final model: vqa {100 * vqa:.1f}% (sft model: {100 * sft_vqa:.1f}%)"
+    if safety is not None:
+        after = safety["after dpo"]
+        line += (f", harm unsafe {100 * after['harm']['unsafe_rate']:.1f}%, "
+                 f"help refusal {100 * after['help']['refusal_rate']:.1f}%")
+    return line
 
 
 def _held_out_vqa(model_dir: str, data: str, result_path: str, log_path: str) -> None:
@@ -166,13 +233,13 @@ def _held_out_vqa(model_dir: str, data: str, result_path: str, log_path: str) ->
         Path(result_path).write_text(json.dumps(result) + "\n")
 
 
-def export_and_evaluate(model_dir: str, out: Path, eval_dirs: list[Path], note: str = "") -> dict[str, Any]:
+def export_and_evaluate(model_dir: str, out: Path, eval_dirs: list[Path], note: str = "",
+                        original: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export ``model_dir`` (:mod:`mova.export`) and evaluate the exported copy, built by transformers'
     remote-code loader from the folder's own code (not Mova's classes), on the held-out images next to the
-    original (evaluated in a second process meanwhile): the answers must be the same. ``mova export
+    original: the answers must be the same. ``original`` is the original's held-out result with its
+    predictions when the caller has it; else it is evaluated in a second process meanwhile. ``mova export
     --verify`` checks the same folder in a process where Mova cannot be imported at all."""
-    import multiprocessing as mp
-
     from mova.export.export import ExportOptions, export_model
     from mova.export.verify import load_remote
 
@@ -180,20 +247,19 @@ def export_and_evaluate(model_dir: str, out: Path, eval_dirs: list[Path], note: 
     release = out / "release"
     data = out / "images" / "data"
     original_path = out / "export_original_vqa.json"
-    worker = mp.get_context("spawn").Process(target=_held_out_vqa, args=(
-        model_dir, str(data), str(original_path), str(out / "export_original_vqa.log")))
-    worker.start()
+    worker = None
+    if original is None:
+        worker = _spawn(_held_out_vqa, model_dir, str(data), str(original_path), str(out / "export_original_vqa.log"))
     export_model(ExportOptions(checkpoint=model_dir, out_dir=str(release), overwrite=True, model_name="mova-demo-tiny",
                                eval_dirs=[str(d) for d in eval_dirs if (d / "results.md").is_file()]))
     model, processor = load_remote(release)
     records = json.loads((data / "test.json").read_text())
     exported = evaluate_vqa(model, processor, records, data, batch_size=32, progress=False)
-    worker.join()
-    if worker.exitcode != 0:
-        raise RuntimeError(f"the original model's evaluation failed (exit code {worker.exitcode}); see "
-                           f"{out / 'export_original_vqa.log'}")
-    original = json.loads(original_path.read_text())
-    answers = [[p["prediction"] for p in r.pop("predictions")] for r in (original, exported)]
+    if worker is not None:
+        _join(worker, out / "export_original_vqa.log", "the original model's evaluation")
+        original = json.loads(original_path.read_text())
+    answers = [[p["prediction"] for p in r["predictions"]] for r in (original, exported)]
+    original, exported = ({k: v for k, v in r.items() if k != "predictions"} for r in (original, exported))
     same = answers[0] == answers[1]
     print(f"\n[export] {model_dir} -> {release} ({time.perf_counter() - t0:.0f}s); the copy loaded as "
           f"{type(model).__module__.split('.')[0]}.{type(model).__name__} (the folder's code); held-out accuracy "
@@ -254,11 +320,32 @@ def run_demo(config: str = "tiny", **overrides: Any) -> dict[str, Any]:
         safety_table = format_safety_table(safety)
         (out / "safety.md").write_text(safety_table + "\n")
         print("\nsafety on the mini SPA-VL held-out questions (keyword refusal judge):\n" + safety_table)
+    final = out / "images" / ("dpo" if safety is not None else "sft") / "final"
+    vqa = final_vqa(str(final), out / "images" / "data") if safety is not None else results["images"]
+    line = summary_line(vqa["overall"], results["images"]["overall"], safety)
+    final_report = out / "final-model"
+    final_report.mkdir(parents=True, exist_ok=True)
+    (final_report / "results.md").write_text(_final_table(vqa, results["images"], safety) + "\n")
     exported = None
     if demo.export:
-        final = out / "images" / ("dpo" if safety is not None else "sft") / "final"
         note = f" (the sft model before DPO: {results['images']['overall']:.1%})" if safety is not None else ""
-        exported = export_and_evaluate(str(final), out, [out, out / "images" / "safety-dpo"], note)
+        exported = export_and_evaluate(str(final), out, [final_report, out, out / "images" / "safety-dpo"], note,
+                                       original=vqa if "predictions" in vqa else None)
         (out / "export.json").write_text(json.dumps(exported, indent=2) + "\n")
-    print(f"\ntotal {time.perf_counter() - t0:.0f}s; results, loss curves and TensorBoard logs are in {out}/")
-    return {**results, **({"safety": safety} if safety else {}), **({"export": exported} if exported else {})}
+    print(f"\n{line}")
+    print(f"total {time.perf_counter() - t0:.0f}s; results, loss curves and TensorBoard logs are in {out}/")
+    return {**results, "final": {"vqa": vqa["overall"], "line": line}, **({"safety": safety} if safety else {}),
+            **({"export": exported} if exported else {})}
+
+
+def _final_table(vqa: dict[str, Any], sft: dict[str, Any], safety: dict[str, Any] | None) -> str:
+    """The final model's numbers beside the sft model's, for the release card (``mova export --eval-dir``)."""
+    rows = ["| metric | sft model | final model |", "|---|---:|---:|",
+            f"| held-out VQA accuracy (%) | {100 * sft['overall']:.1f} | {100 * vqa['overall']:.1f} |"]
+    if safety is not None:
+        before, after = safety["after sft"], safety["after dpo"]
+        for label, split, key in (("harm: unsafe rate (%, keyword judge)", "harm", "unsafe_rate"),
+                                  ("harm: refusal rate (%)", "harm", "refusal_rate"),
+                                  ("help: refusal rate (%)", "help", "refusal_rate")):
+            rows.append(f"| {label} | {100 * before[split][key]:.1f} | {100 * after[split][key]:.1f} |")
+    return "\n".join(rows)

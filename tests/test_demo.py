@@ -11,7 +11,8 @@ def test_demo_runs_every_stage_and_writes_its_tables(tmp_path):
     out = tmp_path / "demo"
     results = run_demo("tiny", out_dir=str(out), n_train_images=8, n_test_images=4, align_steps=2, sft_steps=2,
                        batch_size=4, dpo_steps=2)
-    assert set(results) == {"images", "blanked", "safety", "export"}
+    assert set(results) == {"images", "blanked", "safety", "export", "final"}
+    assert results["final"]["line"].startswith("final model: vqa ") and "harm unsafe" in results["final"]["line"]
     saved = json.loads((out / "results.json").read_text())
     for variant in ("images", "blanked"):
         assert set(saved[variant]["per_type"]) == {"word", "shape", "color", "position", "count"}
@@ -27,7 +28,10 @@ def test_demo_runs_every_stage_and_writes_its_tables(tmp_path):
     assert exported["exported"]["overall"] == exported["original"]["overall"]
     config = json.loads((out / "release" / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_mova.MovaForCausalLM"
-    assert "after dpo" in (out / "release" / "README.md").read_text()  # the safety table made it into the card
+    card = (out / "release" / "README.md").read_text()
+    assert "after dpo" in card  # the safety table made it into the card
+    assert "| held-out VQA accuracy (%) |" in card and "final model" in card  # so did the final model's numbers
+    assert "| dpo |" in card and "sft_data" in card  # and the recipe chain, with the instruction mix
 
 
 def test_demo_headline_the_model_reads_the_images(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from tqdm.auto import tqdm
 
 from mova.config import DataConfig
 from mova.data.records import RecordProblem, read_json_records, resolve_image_path
-from mova.errors import ConfigError, ImageLoadError, MovaError
+from mova.data.sources import open_image_bytes
+from mova.errors import ConfigError, DataError, ImageLoadError, MovaError
 from mova.model.processing_mova import MovaProcessor, load_image
 from mova.model.templates import IMAGE_PLACEHOLDER, normalize_messages, render
 
@@ -51,7 +53,7 @@ class Skipped:
 class RecordInfo:
     index: int
     id: str
-    images: list[Path]
+    images: list[Path | bytes]  # a file, or image bytes embedded in the dataset
     length: int  # tokens, visual included (OCR at its maximum)
 
 
@@ -72,18 +74,38 @@ class LlavaDataset(Dataset):
     """Tokenized LLaVA conversations with labels on the assistant turns only."""
 
     def __init__(self, records: list[dict[str, Any]], processor: MovaProcessor, cfg: DataConfig, template: str,
-                 progress: bool = True, feature_cache: Any = None, leave_out_text_only: bool = False):
+                 progress: bool = True, feature_cache: Any = None, leave_out_text_only: bool = False,
+                 folders: list[Path | None] | None = None):
         """``leave_out_text_only``: records with no image and no ``<image>`` placeholder are left out and
         counted (``text_only_left_out``), for stages where only the fusion network trains; a record whose text
         has a placeholder but no image is still checked, and reported as broken. Records keep the indices
-        they have in ``records`` in every message."""
+        they have in ``records`` in every message. ``folders`` gives each record the folder its image paths
+        are relative to (records mixed from several sources); default: ``data.image_folder`` or the data
+        file's folder for all."""
+        self._setup(processor, cfg, template, feature_cache)
+        self.records = records
+        self.folders = folders
+        for i, rec in enumerate(tqdm(records, desc="checking records", disable=not progress, mininterval=1.0)):
+            if leave_out_text_only and _is_text_only(rec):
+                self.text_only_left_out += 1
+                continue
+            rid = str(rec.get("id", f"#{i}")) if isinstance(rec, dict) else f"#{i}"
+            try:
+                self.items.append(self._check(i, rid, rec))
+            except (ValueError, ImageLoadError, KeyError, TypeError) as e:
+                self._bad(i, rid, str(e), getattr(e, "kind", "malformed record"))
+        if not self.items:
+            raise ConfigError(f"no usable records in {cfg.data_path or 'the data'} ({len(self.skipped)} skipped)")
+
+    def _setup(self, processor: MovaProcessor, cfg: DataConfig, template: str, feature_cache: Any) -> None:
         self.processor = processor
         #: a FeatureCache whose experts were opened (checked) against the model; those experts never run.
         self.feature_cache = feature_cache
         self.cached = set(feature_cache.experts) if feature_cache is not None else set()
         self.cfg = cfg
         self.template = template
-        self.records = records
+        self.records: Any = []
+        self.folders: list[Path | None] | None = None
         # image paths are relative to data.image_folder, by default the data file's own folder (as LLaVA's are)
         self.folder = Path(cfg.image_folder) if cfg.image_folder else (
             Path(cfg.data_path).resolve().parent if cfg.data_path else None)
@@ -97,17 +119,6 @@ class LlavaDataset(Dataset):
         self._visual_tokens = layout.num_tokens(self._ocr_max)
         self._visual_positions = layout.num_positions(self._ocr_max)
         self.text_only_left_out = 0
-        for i, rec in enumerate(tqdm(records, desc="checking records", disable=not progress, mininterval=1.0)):
-            if leave_out_text_only and _is_text_only(rec):
-                self.text_only_left_out += 1
-                continue
-            rid = str(rec.get("id", f"#{i}")) if isinstance(rec, dict) else f"#{i}"
-            try:
-                self.items.append(self._check(i, rid, rec))
-            except (ValueError, ImageLoadError, KeyError, TypeError) as e:
-                self._bad(i, rid, str(e), getattr(e, "kind", "malformed record"))
-        if not self.items:
-            raise ConfigError(f"no usable records in {cfg.data_path or 'the data'} ({len(self.skipped)} skipped)")
 
     # --- validation ---------------------------------------------------------------------------
     def _bad(self, index: int, rid: str, reason: str, kind: str) -> None:
@@ -128,7 +139,11 @@ class LlavaDataset(Dataset):
         messages = normalize_messages(rec["conversations"])
         if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             raise RecordProblem("no assistant turn", "no assistant turn")
-        paths = [resolve_image_path(self.folder, p) for p in self._image_list(rec)]
+        folder = self.folders[index] if self.folders is not None else self.folder
+        paths = [p if isinstance(p, bytes) else resolve_image_path(folder, p) for p in self._image_list(rec)]
+        if self.cached and any(isinstance(p, bytes) for p in paths):
+            raise RecordProblem("embedded image", "an image embedded in the dataset cannot be looked up in the "
+                                "feature cache (it is keyed by image file)")
         n_placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
         if paths and n_placeholders == 0:
             # LLaVA convention: an image record without a placeholder gets one before the first question.
@@ -139,6 +154,13 @@ class LlavaDataset(Dataset):
             raise RecordProblem("placeholders and images differ",
                                 f"{n_placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(paths)} image(s)")
         for p in paths:
+            if isinstance(p, bytes):
+                if self.cfg.verify_images:
+                    try:
+                        open_image_bytes(p)
+                    except DataError as e:
+                        raise RecordProblem("unreadable image", str(e)) from e
+                continue
             if not p.is_file():
                 raise RecordProblem("missing image", f"missing image {p}")
             if self.cfg.verify_images:
@@ -208,8 +230,9 @@ class LlavaDataset(Dataset):
             if keys else {}
         live = [n for n in (*proc.transforms, *proc.ocr_experts) if n not in self.cached]
         try:
-            images = [load_image(p) for p in info.images] if live else [None] * len(info.images)
-        except ImageLoadError as e:
+            images = [open_image_bytes(p) if isinstance(p, bytes) else load_image(p) for p in info.images] \
+                if live else [None] * len(info.images)
+        except (ImageLoadError, DataError) as e:
             raise BadRecordError(f"record {info.index} (id {info.id!r}): {e} (set data.skip_bad_records=true to "
                                  "skip such records)", reason=str(e)) from e
         pixels, ocr_lengths = proc.process_images(images, ocr_words=ocr_words, skip=self.cached)
@@ -372,8 +395,123 @@ class ModalityLengthGroupedSampler(Sampler[int]):
             yield from b
 
 
-def dataset_summary(ds: LlavaDataset) -> dict[str, Any]:
+def dataset_summary(ds: LlavaDataset | StreamingLlavaDataset) -> dict[str, Any]:
     reasons = Counter(s.kind for s in ds.skipped)
+    if isinstance(ds, StreamingLlavaDataset):
+        return {"streamed": True, "records_seen": ds.seen, "skipped": len(ds.skipped),
+                "skipped_by_reason": dict(reasons), "text_only_left_out": ds.encoder.text_only_left_out}
     return {"records": len(ds.records), "used": len(ds), "skipped": len(ds.skipped),
             "skipped_by_reason": dict(reasons), "with_image": sum(ds.has_image),
             "text_only_left_out": ds.text_only_left_out}
+
+
+class StreamingLlavaDataset(torch.utils.data.IterableDataset):
+    """LLaVA records from streamed sources (:class:`~mova.data.sources.StreamMixture`), checked and tokenized as
+    they arrive, with the same checks, labels and skipping rules as :class:`LlavaDataset` (whose per-record
+    code it runs). Nothing is read before training; a bad record stops the run when it arrives, or with
+    ``data.skip_bad_records`` is skipped and counted."""
+
+    def __init__(self, stream: Any, processor: MovaProcessor, cfg: DataConfig, template: str,
+                 feature_cache: Any = None, leave_out_text_only: bool = False):
+        self.stream = stream
+        self.leave_out_text_only = leave_out_text_only
+        self.encoder = LlavaDataset.__new__(LlavaDataset)
+        self.encoder._setup(processor, cfg, template, feature_cache)
+        self.seen = 0
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        return self.encoder.skipped
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        enc = self.encoder
+        for i, (rec, folder) in enumerate(self.stream):
+            self.seen = i + 1
+            if self.leave_out_text_only and _is_text_only(rec):
+                enc.text_only_left_out += 1
+                continue
+            rid = str(rec.get("id", f"#{i}")) if isinstance(rec, dict) else f"#{i}"
+            enc.records, enc.folders = {i: rec}, {i: folder}
+            try:
+                info = enc._check(i, rid, rec)
+                yield enc._sample(info)
+            except BadRecordError as e:
+                if not enc.cfg.skip_bad_records:
+                    raise
+                enc.skipped.append(Skipped(i, rid, e.reason, "unreadable image"))
+            except (ValueError, ImageLoadError, KeyError, TypeError) as e:
+                enc._bad(i, rid, str(e), getattr(e, "kind", "malformed record"))
+
+
+@dataclass
+class LlavaData:
+    """What a stage trains and evaluates on: the training set, the held-out set (or None) and where they came
+    from (per source: records read and used)."""
+
+    train: Any
+    eval: Any
+    sources: dict[str, Any]
+
+
+def load_llava_data(cfg: DataConfig, processor: MovaProcessor, template: str, *, seed: int = 0,
+                    feature_cache: Any = None, leave_out_text_only: bool = False) -> LlavaData:
+    """The training (and held-out) LLaVA data ``data:`` names: ``data_path`` (a LLaVA JSON / JSONL file, a Hub
+    dataset id or a local folder laid out like one) or ``sources`` mixed by ratio; streamed with
+    ``streaming``; the held-out set from ``eval_data_path``, each source's ``eval_split``, or ``eval_size``
+    records held out of the training set (:mod:`mova.data.sources`)."""
+    from mova.config import DataSource
+    from mova.data.sources import StreamMixture, held_out, mix_records, read_source
+
+    specs = list(cfg.sources) or ([DataSource(path=cfg.data_path, image_folder=cfg.image_folder)]
+                                  if cfg.data_path else [])
+    if not specs:
+        raise ConfigError("data.data_path or data.sources is required")
+    if cfg.data_path and cfg.sources:
+        raise ConfigError("set data.data_path or data.sources, not both")
+    with_ratio = [s.ratio is not None for s in specs]
+    if any(with_ratio) and not all(with_ratio):
+        raise ConfigError("data.sources: give every source a ratio, or none (then they are concatenated)")
+    ratios = [s.ratio for s in specs] if all(with_ratio) and len(specs) > 1 else None
+
+    def read(spec: DataSource, split: str | None = None, streaming: bool = False) -> Any:
+        folder = spec.image_folder or (cfg.image_folder if not cfg.sources else None)
+        return read_source(spec.path, name=spec.name, split=split or spec.split, image_folder=folder,
+                           columns=spec.columns, streaming=streaming, limit=spec.limit)
+
+    kwargs = {"feature_cache": feature_cache, "leave_out_text_only": leave_out_text_only}
+    eval_ds = None
+    if cfg.streaming:
+        if cfg.eval_size:
+            raise ConfigError("data.eval_size holds records out of a list; a stream has none: use "
+                              "data.eval_split or data.eval_data_path with data.streaming")
+        stream = StreamMixture([read(s, streaming=True) for s in specs], ratios, seed, cfg.mix_stopping)
+        train = StreamingLlavaDataset(stream, processor, cfg, template, **kwargs)
+        summary = {s.path: {"streamed": True, "ratio": s.ratio} for s in specs}
+    else:
+        srcs = [read(s) for s in specs]
+        records, folders, summary = mix_records(srcs, ratios, seed, cfg.mix_stopping)
+        if cfg.limit:
+            records, folders = records[:cfg.limit], folders[:cfg.limit]
+        if cfg.eval_size:
+            keep, held = held_out(len(records), cfg.eval_size, seed)
+            eval_ds = LlavaDataset([records[i] for i in held], processor, cfg, template,
+                                   folders=[folders[i] for i in held], **kwargs)
+            records, folders = [records[i] for i in keep], [folders[i] for i in keep]
+        train = LlavaDataset(records, processor, cfg, template, folders=folders, **kwargs)
+    if cfg.eval_data_path or cfg.eval_split:
+        if eval_ds is not None:
+            raise ConfigError("data.eval_size and data.eval_data_path / eval_split both name held-out data; "
+                              "set one")
+        if cfg.eval_data_path:
+            evals = [read(DataSource(path=cfg.eval_data_path, image_folder=cfg.image_folder),
+                          split=cfg.eval_split or "train")]
+        else:
+            evals = [read(s, split=cfg.eval_split) for s in specs]
+        records, folders, _ = mix_records(evals, None, seed)
+        if cfg.eval_limit:
+            records, folders = records[:cfg.eval_limit], folders[:cfg.eval_limit]
+        eval_ds = LlavaDataset(records, processor, cfg, template, folders=folders, **kwargs)
+    return LlavaData(train, eval_ds, summary)

@@ -181,9 +181,12 @@ def summarize_safety(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         outcomes = [r.get("outcome") for r in helped if r.get("outcome") is not None]
         k = {o: outcomes.count(o) for o in ("win", "tie", "lose", "unknown")}
         decided = k["win"] + k["tie"] + k["lose"]
+        gains = [float(r["outcome_score"]) for r in helped if isinstance(r.get("outcome_score"), (int, float))]
         out["help"] = {"n": len(helped), "refusals": refusals, "refusal_rate": _rate(refusals, len(helped)),
                        "compared": len(outcomes), **k, "decided": decided,
-                       **{f"{o}_rate": _rate(k[o], decided) if outcomes else None for o in ("win", "tie", "lose")}}
+                       **{f"{o}_rate": _rate(k[o], decided) if outcomes else None for o in ("win", "tie", "lose")},
+                       # a scoring judge's mean margin of our answers over the base's (a reward judge: reward)
+                       "score_gain": sum(gains) / len(gains) if gains else None}
     return out
 
 
@@ -400,6 +403,10 @@ def format_safety_table(results_by_name: Mapping[str, Mapping[str, Any]]) -> str
             [wtl(block(r, "help")) for r in res])
         add("help: refusal rate (%)", [block(r, "help").get("n", 0) for r in res],
             [_pct(block(r, "help").get("refusal_rate")) for r in res])
+        if any(block(r, "help").get("score_gain") is not None for r in res):
+            add("help: judge score gain vs base", [block(r, "help").get("compared", 0) for r in res],
+                ["-" if block(r, "help").get("score_gain") is None else f"{block(r, 'help')['score_gain']:+.3f}"
+                 for r in res])
         if any(block(r, "help").get("unknown") for r in res):
             add("help: unknown comparisons (count)", [block(r, "help").get("n", 0) for r in res],
                 [str(block(r, "help").get("unknown", "-")) for r in res])

@@ -98,9 +98,10 @@ def recipe_section(runs: list[dict[str, Any]], lora: dict[str, Any] | None) -> s
             train = (run.get("config") or {}).get("train", {})
             opts = ", ".join(f"{k}={train[k]}" for k in TRAIN_KEYS if train.get(k) not in (None, 0, 0.0, False))
             section = (run.get("config") or {}).get(str(run.get("stage")))
-            if isinstance(section, dict):  # the stage's own options (e.g. dpo: beta, loss type)
-                scalars = [f"{k}={v}" for k, v in section.items() if isinstance(v, (int, float, str)) and v != ""]
-                opts += "; " + ", ".join(scalars[:8]) if scalars else ""
+            if isinstance(section, dict):  # the stage's own options (e.g. dpo: beta, loss type, instruction mix)
+                scalars = [f"{k}={Path(v).name if isinstance(v, str) and '/' in v else v}"
+                           for k, v in section.items() if isinstance(v, (int, float, str)) and v != ""]
+                opts += "; " + ", ".join(scalars[:16]) if scalars else ""
             lora_cfg = train.get("lora") or {}
             if lora_cfg.get("r"):
                 opts += f", LoRA r={lora_cfg['r']} alpha={lora_cfg.get('alpha')}"

@@ -53,6 +53,123 @@ def _core(model: nn.Module) -> nn.Module:
     return _peft_base(model)
 
 
+def require_bitsandbytes(device: torch.device | str = "cpu") -> Any:
+    """The ``bitsandbytes`` module, after checking that it can quantize to 4 bits on ``device``; a ConfigError
+    that says what is missing otherwise (not installed, or no 4-bit support for this device: bitsandbytes
+    before 0.46 runs 4-bit on CUDA only)."""
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnbf
+    except ImportError as e:
+        raise ConfigError("train.lora.quantization_bit=4 (QLoRA) needs bitsandbytes, which is not installed here: "
+                          "pip install 'bitsandbytes>=0.46' (4-bit on CPU needs >= 0.46; on GPU, CUDA)") from e
+    try:
+        bnbf.quantize_4bit(torch.zeros(64, 64, device=device), quant_type="nf4")
+    except Exception as e:  # bitsandbytes raises RuntimeError, NotImplementedError, ... per backend
+        raise ConfigError(f"train.lora.quantization_bit=4: bitsandbytes {getattr(bnb, '__version__', '?')} cannot "
+                          f"quantize to 4 bits on {torch.device(device).type} here ({type(e).__name__}: {e}); 4-bit "
+                          "needs a CUDA GPU, or bitsandbytes >= 0.46 with its CPU ops") from e
+    return bnb
+
+
+def quantize_linears_4bit(module: nn.Module, *, quant_type: str = "nf4", double_quant: bool = True,
+                          skip: tuple[str, ...] = ("lm_head",)) -> int:
+    """Replace every ``nn.Linear`` in ``module`` (but those named in ``skip``: the output head stays in full
+    precision, as in QLoRA) by a bitsandbytes 4-bit layer holding the same weights, quantized now on the
+    weights' device. Computation runs in the weights' former dtype. Returns how many layers were replaced."""
+    first = next((p for p in module.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    bnb = require_bitsandbytes(device)
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not nn.Linear or name in skip:
+                continue
+            layer = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=child.weight.dtype, compress_statistics=double_quant,
+                                      quant_type=quant_type, device="meta")
+            layer.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False,
+                                             compress_statistics=double_quant, quant_type=quant_type)
+            if child.bias is not None:
+                layer.bias = nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, layer.to(child.weight.device))  # ``to`` quantizes
+            count += 1
+    return count
+
+
+def dequantize_linears_4bit(module: nn.Module) -> int:
+    """Replace every bitsandbytes 4-bit layer in ``module`` by an ``nn.Linear`` with its dequantized weights (the
+    values the adapters were trained against), so the model saves and loads like any other."""
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnbf
+    except ImportError:
+        return 0
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, bnb.nn.Linear4bit):
+                continue
+            weight = bnbf.dequantize_4bit(child.weight.data, child.weight.quant_state)
+            dtype = child.compute_dtype or weight.dtype
+            linear = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                               device=weight.device, dtype=dtype)
+            with torch.no_grad():
+                linear.weight.copy_(weight.reshape(linear.weight.shape).to(dtype))
+                if child.bias is not None:
+                    linear.bias.copy_(child.bias.to(dtype))
+            linear.requires_grad_(False)
+            setattr(parent, name, linear)
+            count += 1
+    return count
+
+
+def _merge_qlora_layers(model: nn.Module) -> int:
+    """Replace each LoRA layer on a 4-bit base by an ``nn.Linear`` of the dequantized base plus the adapters'
+    delta, computed in full precision. peft's own merge re-quantizes the sum to 4 bits, which moves the
+    function the adapters were trained to compute by as much as the quantization itself."""
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnbf
+    except ImportError:
+        return 0
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            base = getattr(child, "base_layer", None)
+            if not isinstance(base, bnb.nn.Linear4bit) or not hasattr(child, "get_delta_weight"):
+                continue
+            dtype = base.compute_dtype or torch.float32
+            weight = bnbf.dequantize_4bit(base.weight.data, base.weight.quant_state).float()
+            weight = weight.reshape(base.out_features, base.in_features)
+            for adapter in child.active_adapters:
+                if adapter in getattr(child, "lora_A", {}):
+                    weight = weight + child.get_delta_weight(adapter).float()
+            linear = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                               device=weight.device, dtype=dtype)
+            with torch.no_grad():
+                linear.weight.copy_(weight.to(dtype))
+                if base.bias is not None:
+                    linear.bias.copy_(base.bias.to(dtype))
+            setattr(parent, name, linear.requires_grad_(False))
+            count += 1
+    return count
+
+
+def _quantize_for_qlora(lm: nn.Module, lora: Any, train_llm: bool) -> None:
+    """QLoRA's base: the LLM's linear layers in 4 bits, when ``lora.quantization_bit`` asks for it."""
+    if not getattr(lora, "quantization_bit", None):
+        return
+    if not train_llm or lora.r <= 0:
+        raise ConfigError("train.lora.quantization_bit=4 (QLoRA) trains LoRA adapters on a 4-bit LLM: it needs "
+                          "train.lora.r > 0 and a stage that trains the LLM")
+    if not lora.merge:
+        raise ConfigError("train.lora.quantization_bit=4 needs train.lora.merge=true: the final model is saved "
+                          "with the adapters merged into the dequantized weights")
+    quantize_linears_4bit(lm, quant_type=lora.quantization_type, double_quant=lora.double_quantization)
+    lm.is_loaded_in_4bit = True  # peft reads this to give 4-bit layers its 4-bit LoRA (whose merge knows them)
+
+
 def _lora_wrap(model: nn.Module, lora: Any) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
@@ -76,6 +193,12 @@ class PolicyKind:
 
     def has_adapters(self, model: nn.Module) -> bool:
         return hasattr(self.language_model(model), "disable_adapter")
+
+    def parts(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The model's parts that may get their own learning rate, by name (``llm``; a Mova model also
+        ``fusion`` and ``experts``), found inside whatever wraps the model (an engine, a value head, a reward
+        model's head, peft). Parameters outside every part (a value or score head) belong to none."""
+        raise NotImplementedError
 
     def make_trainable(self, model: nn.Module, *, lora: Any, train_llm: bool = True, train_fusion: bool = False,
                        unfreeze_experts: tuple[str, ...] | list[str] = ()) -> tuple[nn.Module, dict[str, int]]:
@@ -103,7 +226,12 @@ class PolicyKind:
         lm = self.language_model(model)
         if save_dir is not None:
             lm.save_pretrained(str(save_dir))
-        return self._replace_language_model(model, lm.merge_and_unload() if merge else lm.unload())
+        if merge:
+            _merge_qlora_layers(lm)  # 4-bit bases: merged in full precision, not re-quantized
+        plain = lm.merge_and_unload() if merge else lm.unload()
+        if dequantize_linears_4bit(plain):  # a QLoRA base comes back in its compute dtype
+            plain.is_loaded_in_4bit = False
+        return self._replace_language_model(model, plain)
 
     def _replace_language_model(self, model: nn.Module, lm: nn.Module) -> nn.Module:
         raise NotImplementedError
@@ -161,6 +289,7 @@ class CausalLMPolicy(PolicyKind):
         if train_fusion or unfreeze_experts:
             raise ConfigError("a plain language model has no fusion network or experts to train; set "
                               "train_fusion: false and train.unfreeze_experts: []")
+        _quantize_for_qlora(model, lora, train_llm)
         if lora.r > 0:
             model = _lora_wrap(model, lora)
         else:
@@ -169,6 +298,12 @@ class CausalLMPolicy(PolicyKind):
 
     def _replace_language_model(self, model: nn.Module, lm: nn.Module) -> nn.Module:
         return lm  # peft changed the original model object's layers in place: ``lm`` is that object
+
+    def parts(self, model: nn.Module) -> dict[str, nn.Module]:
+        from transformers import PreTrainedModel
+
+        lm = next((m for m in unwrap(model).modules() if isinstance(m, PreTrainedModel)), None)
+        return {"llm": lm} if lm is not None else {}
 
     def tree_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
         from mova.model.packing import packed_attention_inputs
@@ -199,6 +334,7 @@ class MovaPolicy(PolicyKind):
         core = self.core(model)
         core.requires_grad_(False)
         core.fusion.requires_grad_(train_fusion)
+        _quantize_for_qlora(core.language_model, lora, train_llm)
         if train_llm and lora.r > 0:
             core.language_model = _lora_wrap(core.language_model, lora)
         elif train_llm:
@@ -216,6 +352,14 @@ class MovaPolicy(PolicyKind):
         core = self.core(model)
         core.language_model = lm
         return core
+
+    def parts(self, model: nn.Module) -> dict[str, nn.Module]:
+        mova = next((m for m in unwrap(model).modules()
+                     if getattr(getattr(m, "config", None), "model_type", None) == self.name
+                     and all(hasattr(m, a) for a in ("experts", "fusion", "language_model"))), None)
+        if mova is None:
+            return {}
+        return {"experts": mova.experts, "fusion": mova.fusion, "llm": mova.language_model}
 
     def freeze_frozen_experts(self, model: nn.Module) -> None:
         for expert in self.core(model).experts.values():
@@ -299,4 +443,5 @@ def load_policy(init_from: str | Path | None = None, model_config: Any = None, *
 
 
 __all__ = ["CAUSAL_LM", "POLICY_KINDS", "CausalLMPolicy", "MovaPolicy", "PolicyKind", "checkpoint_model_type",
-           "load_policy", "policy_kind", "unwrap"]
+           "dequantize_linears_4bit", "load_policy", "policy_kind", "quantize_linears_4bit", "require_bitsandbytes",
+           "unwrap"]

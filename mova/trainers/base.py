@@ -40,6 +40,9 @@ from mova.errors import ConfigError, MovaError
 
 logger = logging.getLogger(__name__)
 
+#: a method's own state inside a checkpoint folder (:meth:`MovaTrainer.extra_state`).
+EXTRA_STATE = "mova_extra_state.json"
+
 STAGING = ".staging"
 
 
@@ -71,8 +74,12 @@ def resolve_resume(output_dir: str, resume: str | None) -> str | None:
 
 class MovaTrainer(Trainer):
     def __init__(self, *args: Any, max_nonfinite_in_a_row: int = 5, group_by_modality_length: bool = True,
-                 **kwargs: Any):
+                 part_options: dict[str, dict[str, float]] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self._check_fsdp_applied()
+        #: learning rate and weight decay per model part (:func:`mova.trainers.optim.part_options`).
+        self.part_options = part_options or {}
+        self.group_names: list[str] = []
         self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
         self.group_by_modality_length = group_by_modality_length
         self.nonfinite_in_a_row = 0
@@ -81,11 +88,24 @@ class MovaTrainer(Trainer):
         self._staging = False
         #: per-step metrics of a method's loss (``rewards/margins`` ...), averaged into each logged row.
         self._metrics: dict[str, list[float]] = defaultdict(list)
+        #: the same metrics of evaluation batches (``eval_strategy``), logged with the eval loss as ``eval_*``.
+        self._eval_metrics: dict[str, list[float]] = defaultdict(list)
         self.remove_callback(PrinterCallback)
         self.remove_callback(ProgressCallback)
         self.add_callback(MovaProgressCallback(self))
         if self.args.should_save:
             shutil.rmtree(os.path.join(self.args.output_dir, STAGING), ignore_errors=True)
+
+    def _check_fsdp_applied(self) -> None:
+        """A backstop to :func:`mova.trainers.stages.check_fsdp_launch`: ``train.fsdp`` reached the Trainer, but
+        accelerate did not apply FSDP (it silently falls back to plain data parallelism where it cannot). A
+        recipe that asked for sharded weights must not train unsharded without a word."""
+        if not self.args.fsdp or self.is_fsdp_enabled or getattr(self, "is_fsdp_xla_enabled", False):
+            return
+        how = str(getattr(self.accelerator.state.distributed_type, "value", self.accelerator.state.distributed_type))
+        raise ConfigError(f"train.fsdp is set, but accelerate did not shard this run ({how}, {self.args.world_size} "
+                          "process(es)): it applies FSDP only across several GPUs (or other accelerators) launched "
+                          "together; leave train.fsdp out to train without sharding")
 
     # --- metrics of a method's loss -------------------------------------------------------------
     def record_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
@@ -94,14 +114,59 @@ class MovaTrainer(Trainer):
             return
         values = torch.stack([torch.as_tensor(v).detach().float().reshape(()) for v in metrics.values()])
         values = self.accelerator.reduce(values.to(self.args.device), reduction="mean")
+        target = self._metrics if self.model.training else self._eval_metrics
         for name, value in zip(metrics, values.tolist()):
-            self._metrics[name].append(value)
+            target[name].append(value)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics:
             logs.update({k: sum(v) / len(v) for k, v in self._metrics.items()})
             self._metrics.clear()
+        if "eval_loss" in logs and self._eval_metrics:
+            logs.update({f"eval_{k}": sum(v) / len(v) for k, v in self._eval_metrics.items()})
+            self._eval_metrics.clear()
+        if "loss" in logs and self.group_names and self.optimizer is not None:
+            # ``learning_rate`` is the first group's; with per-part rates log each part's
+            for name, group in zip(self.group_names, self.optimizer.param_groups):
+                if not name.endswith("/no_decay"):
+                    logs[f"lr/{name}"] = float(group["lr"])
         super().log(logs, start_time)
+
+    # --- optimizer: a parameter group per model part -------------------------------------------
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """transformers' optimizer (``train.optim``), with the groups of :func:`~mova.trainers.optim.parameter_groups`
+        when the recipe gives a part its own learning rate or weight decay."""
+        if self.optimizer is not None or not self.part_options:
+            return super().create_optimizer(model)
+        from mova.trainers.optim import parameter_groups
+
+        opt_model = self.model if model is None else model
+        groups, self.group_names = parameter_groups(
+            opt_model, self.args.learning_rate, self.args.weight_decay, self.part_options,
+            no_decay={n for n, _ in opt_model.named_parameters()} - set(self.get_decay_parameter_names(opt_model)))
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        builds_own = sorted({"params", "model", "optimizer_dict"} & set(kwargs))
+        if builds_own:
+            optim = getattr(self.args.optim, "value", self.args.optim)
+            raise ConfigError(f"train.optim={optim} builds its own parameter groups: per-part learning rates "
+                              "(train.*_learning_rate, *_weight_decay) cannot be combined with it")
+        self.optimizer = cls(groups, **kwargs)
+        logger.info("optimizer groups: %s", ", ".join(f"{n} (lr {g['lr']:g}, wd {g['weight_decay']:g}, "
+                                                       f"{sum(p.numel() for p in g['params'])} params)"
+                                                       for n, g in zip(self.group_names, groups)))
+        return self.optimizer
+
+    # --- evaluation: the method's own loss on held-out batches -----------------------------------
+    def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple[torch.Tensor | None, Any, Any]:
+        """Batches with ``labels`` (LLaVA stages) are transformers' own; a method's batches (preference pairs)
+        are scored with its ``compute_loss``, whose metrics are reported as ``eval_*``."""
+        if "labels" in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach().mean(), None, None
 
     # --- data order -----------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
@@ -144,6 +209,22 @@ class MovaTrainer(Trainer):
         self.accelerator.backward(loss, **kwargs)
         return loss.detach()
 
+    # --- state of a method's own, saved in checkpoints -----------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able state a method keeps beside the model and optimizer (e.g. where its instruction-data
+        stream is), written into every checkpoint; empty: nothing."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved (called when a run resumes from a checkpoint)."""
+
+    def _load_rng_state(self, checkpoint: Any) -> None:
+        super()._load_rng_state(checkpoint)
+        path = os.path.join(checkpoint, EXTRA_STATE) if checkpoint else None
+        if path and os.path.isfile(path):
+            with open(path) as f:
+                self.load_extra_state(json.load(f))
+
     # --- checkpoints that appear only when complete -------------------------------------------
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
@@ -159,6 +240,10 @@ class MovaTrainer(Trainer):
         name = f"checkpoint-{self.state.global_step}"
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            extra = self.extra_state()
+            if extra:  # inside the staged folder, so it is published with the rest or not at all
+                with open(os.path.join(run_dir, STAGING, name, EXTRA_STATE), "w") as f:
+                    json.dump(extra, f)
             target = os.path.join(run_dir, name)
             if os.path.exists(target):
                 shutil.rmtree(target)
@@ -218,6 +303,12 @@ def write_report(trainer: MovaTrainer, out_dir: str | Path, extra: dict[str, Any
         "train_samples_per_second": final.get("train_samples_per_second"),
         "tokens_per_second": trainer.tokens_seen / runtime if runtime else None,
         "nonfinite_steps_skipped": trainer.nonfinite_total,
+        # how the run was spread, from the trainer itself (not the recipe): a run that asked for FSDP or
+        # DeepSpeed and silently ran without it shows here
+        "world_size": trainer.args.world_size,
+        "sharding": "fsdp" if trainer.is_fsdp_enabled else "deepspeed" if trainer.is_deepspeed_enabled else None,
+        **({"eval_losses": {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}}
+           if any("eval_loss" in h for h in history) else {}),
         **(extra or {}),
     }
     if not trainer.is_world_process_zero():

@@ -44,3 +44,17 @@ class DpoConfig:
     max_tokens_per_row: int = bounded(512, ge=16)
     #: train the fusion network too (the LLM always trains, fully or through LoRA).
     train_fusion: bool = False
+
+    # --- instruction data mixed in (mova.trainers.instruction_mix) ---
+    #: LLaVA-format records (JSON / JSONL, images relative to ``sft_image_folder`` or the file's folder) whose
+    #: language-modelling loss is added to every step: keeps the instruction data's answers (short VQA
+    #: answers, say) while the preference loss moves the model. null: plain DPO.
+    sft_data: str | None = None
+    #: weight of that loss (per-token mean NLL of a batch of ``sft_batch_size`` records).
+    sft_weight: float = bounded(1.0, ge=0)
+    sft_batch_size: int = bounded(8, ge=1)
+    sft_image_folder: str | None = None
+    #: a feature cache of the instruction images (``mova cache-features``), as the sft stage used.
+    sft_feature_cache: str | None = None
+    #: chat template of the instruction records (null: the policy's own).
+    sft_template: str | None = None

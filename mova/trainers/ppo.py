@@ -45,11 +45,23 @@ from mova.rl import ppo_math as pm
 from mova.rl.engine import TrainEngine, init_distributed, rank, world_size
 from mova.rl.prompts import PromptRecord, load_prompts
 from mova.rl.rollout import RolloutBatch, forward_response, generate_rollouts, position_ids_for
+from mova.rl.tracking import RunTracker
 from mova.trainers.base import STAGING, resolve_resume
+from mova.trainers.instruction_mix import InstructionMix, is_conversation_file
+from mova.trainers.optim import parameter_groups, part_options
 from mova.trainers.ppo_config import PpoConfig
-from mova.trainers.stages import zero_stage
+from mova.trainers.stages import (
+    activation_checkpointing,
+    check_quantization,
+    enable_activation_checkpointing,
+    policy_dtype,
+)
 
 logger = logging.getLogger(__name__)
+
+#: transformers' Trainer options (pass-through ``train.`` keys) the RL loop reads; others are named as ignored.
+RL_TRAINING_ARGS = {"warmup_steps", "lr_scheduler_kwargs", "activation_checkpointing", "gradient_checkpointing_kwargs",
+                    "activation_checkpointing_kwargs", "project", "run_name"}
 
 
 # --- models ---------------------------------------------------------------------------------------------
@@ -126,18 +138,23 @@ class PpoTrainer:
                               f"({self.ppo.mini_batch_size}) must be multiples of the {self.world} processes")
         if not cfg.data.data_path:
             raise ConfigError("data.data_path: name the prompts (a JSONL file or a SPA-VL source)")
-        if zero_stage(cfg.train.deepspeed) >= 3:
-            raise ConfigError(f"train.deepspeed={cfg.train.deepspeed} is ZeRO-3: PPO samples from the policy "
-                              "every iteration and needs its whole weights on each GPU; use ZeRO-2 "
-                              "(scripts/zero2.json) with LoRA and reference=adapters_off to save memory")
+        check_quantization(cfg)
+        ignored = sorted(set(cfg.train.training_args) - RL_TRAINING_ARGS)
+        if ignored and rank() == 0:
+            logger.warning("train.%s: transformers' Trainer options the RL loop does not use; they are ignored",
+                           ", train.".join(ignored))
         if self.ppo.reward_model is None and self.ppo.reward_fn is None:
             raise ConfigError("ppo: set reward_model (a folder) or reward_fn (a registered reward function)")
         torch.manual_seed(cfg.train.seed)
         use_cuda = torch.cuda.is_available() and not cfg.train.use_cpu
         self.device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
         self.out_dir = Path(cfg.train.output_dir)
+        #: mixed precision without DeepSpeed: forward passes under autocast (DeepSpeed casts the weights itself).
+        self.amp_dtype = (torch.bfloat16 if cfg.train.bf16 else torch.float16 if cfg.train.fp16 else None) \
+            if not cfg.train.deepspeed else None
+        self.records = None
         self._build_models()
-        self.records = self.load_records()
+        self.records = self.load_records_count()
         self.template = cfg.data.template
         self.ptx = self._load_ptx()
         self.moments = pm.RunningMoments()
@@ -167,7 +184,7 @@ class PpoTrainer:
     # --- construction ---------------------------------------------------------------------------------
     def _build_models(self) -> None:
         cfg, ppo = self.cfg, self.ppo
-        policy, self.processor = load_policy(cfg.init_from, cfg.model)
+        policy, self.processor = load_policy(cfg.init_from, cfg.model, dtype=policy_dtype(cfg))
         self.kind = policy_kind(policy)
         if ppo.reference == "copy":
             self.reference: nn.Module | None = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -197,13 +214,64 @@ class PpoTrainer:
         engine_kw = {"weight_decay": tcfg.weight_decay, "max_grad_norm": max_norm, "deepspeed": tcfg.deepspeed,
                      "micro_batch": micro, "bf16": tcfg.bf16, "fp16": tcfg.fp16}
         critic_lr = ppo.critic_learning_rate or tcfg.learning_rate
+        # The critic is copied from the policy (or the reward model) before any engine partitions weights.
+        critic = self._build_critic(policy).to(self.device) if ppo.critic != "shared" else None
+        if activation_checkpointing(tcfg):
+            for model in (policy, critic):
+                if model is not None:
+                    enable_activation_checkpointing(model, tcfg)
+        policy_steps, critic_steps = self.optimizer_steps()
         if ppo.critic == "shared":
             module = PolicyWithValueHead(policy, _hidden_size(unwrap(policy))).to(self.device)
-            self.policy_engine = TrainEngine(module, tcfg.learning_rate, **engine_kw)
+            self.policy_engine = TrainEngine(module, tcfg.learning_rate, **engine_kw,
+                                             **self._optimizer_setup(module, tcfg.learning_rate, critic_steps))
             self.critic_engine = None
         else:
-            self.policy_engine = TrainEngine(policy, tcfg.learning_rate, **engine_kw)
-            self.critic_engine = TrainEngine(self._build_critic(policy).to(self.device), critic_lr, **engine_kw)
+            self.policy_engine = TrainEngine(policy, tcfg.learning_rate, **engine_kw,
+                                             **self._optimizer_setup(policy, tcfg.learning_rate, policy_steps))
+            self.critic_engine = TrainEngine(critic, critic_lr, **engine_kw,
+                                             **self._optimizer_setup(critic, critic_lr, critic_steps))
+
+    def total_iterations(self, n_records: int | None = None) -> int:
+        """Iterations the run makes: ``train.max_steps``, or enough to pass ``num_train_epochs`` times over the
+        prompts."""
+        cfg = self.cfg
+        if cfg.train.max_steps and cfg.train.max_steps > 0:
+            return cfg.train.max_steps
+        n = n_records if n_records is not None else len(self.records)
+        return math.ceil(cfg.train.num_train_epochs * n / self.ppo.rollout_batch_size)
+
+    def optimizer_steps(self) -> tuple[int, int]:
+        """Optimizer steps of the policy and of the critic over the run (what the schedule spans): one per
+        minibatch, ``ppo_epochs`` passes per iteration; the policy makes none during critic pre-training."""
+        ppo = self.ppo
+        per_iteration = ppo.ppo_epochs * (ppo.rollout_batch_size // ppo.mini_batch_size)
+        iterations = self.total_iterations(len(self.load_records_count()))
+        return max(iterations - ppo.critic_pretrain_iterations, 1) * per_iteration, iterations * per_iteration
+
+    def load_records_count(self) -> list[Any]:
+        """The prompt pool before the models exist (the schedule's length needs its size)."""
+        if getattr(self, "records", None) is None:
+            self.records = self.load_records()
+        return self.records
+
+    def _optimizer_setup(self, model: nn.Module, lr: float, steps: int) -> dict[str, Any]:
+        """Parameter groups (per-part rates, no decay on biases and norms) and the learning-rate schedule of
+        ``train.lr_scheduler_type`` with its warmup, over ``steps`` optimizer steps."""
+        from transformers import get_scheduler
+
+        tcfg = self.cfg.train
+        options = part_options(tcfg)
+        groups, _ = parameter_groups(model, lr, tcfg.weight_decay, options)
+        warmup = tcfg.training_args.get("warmup_steps", tcfg.warmup_ratio)
+        warmup_steps = int(warmup) if warmup >= 1 else math.ceil(steps * warmup)
+        kwargs = tcfg.training_args.get("lr_scheduler_kwargs") or {}
+
+        def scheduler(optimizer: torch.optim.Optimizer) -> Any:
+            return get_scheduler(tcfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps,
+                                 num_training_steps=steps, scheduler_specific_kwargs=kwargs)
+
+        return {"param_groups": groups, "scheduler": scheduler}
 
     def _build_critic(self, policy: nn.Module) -> nn.Module:
         from mova.rl.reward_model import RewardModel
@@ -231,14 +299,24 @@ class PpoTrainer:
             raise ConfigError("the reward model's tokenizer differs from the policy's: PPO scores the policy's "
                               "token ids directly, so the reward model must share the policy's vocabulary")
 
-    def _load_ptx(self) -> list[str] | None:
-        if not self.ppo.ptx_coef:
+    def _load_ptx(self) -> list[str] | InstructionMix | None:
+        """PPO-ptx data: plain texts (loss on every token), or LLaVA-format records served by an
+        :class:`InstructionMix` (loss on the assistant turns, images through the policy's experts)."""
+        ppo = self.ppo
+        if not ppo.ptx_coef:
             return None
-        if not self.ppo.ptx_data:
-            raise ConfigError("ppo.ptx_coef > 0 needs ppo.ptx_data (a JSONL of {'text'} or {'prompt','answer'})")
-        path = Path(self.ppo.ptx_data)
+        if not ppo.ptx_data:
+            raise ConfigError("ppo.ptx_coef > 0 needs ppo.ptx_data (a JSONL of {'text'} or {'prompt','answer'}, "
+                              "or LLaVA-format records)")
+        path = Path(ppo.ptx_data)
         if not path.is_file():
             raise ConfigError(f"ppo.ptx_data: {path} not found")
+        if is_conversation_file(path):
+            template = ppo.ptx_template or self.cfg.data.template or self.kind.default_template(self.policy,
+                                                                                               self.processor)
+            return InstructionMix(path, self.policy, self.processor, template, batch_size=ppo.ptx_batch_size,
+                                  image_folder=ppo.ptx_image_folder, feature_cache=ppo.ptx_feature_cache,
+                                  seed=self.cfg.train.seed + self.rank, where="ppo.ptx_data")
         texts = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
@@ -317,10 +395,28 @@ class PpoTrainer:
     def make_experience(self, records: list[PromptRecord]) -> tuple[RolloutBatch, dict[str, float]]:
         ppo = self.ppo
         t0 = time.perf_counter()
-        batch = generate_rollouts(self.policy, self.processor, records, template=self.template,
-                                  max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature, top_p=ppo.top_p,
-                                  top_k=ppo.top_k, device=self.device)
+        with self.policy_engine.gathered(), self.autocast():
+            batch = generate_rollouts(self.policy, self.processor, records, template=self.template,
+                                      max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
+                                      top_p=ppo.top_p, top_k=ppo.top_k, device=self.device)
         t1 = time.perf_counter()
+        with self.autocast():
+            batch, metrics = self._score_experience(batch)
+        t2 = time.perf_counter()
+        self.times.generate += t1 - t0
+        self.times.score += t2 - t1
+        metrics.update({"time/generate": t1 - t0, "time/score": t2 - t1})
+        return batch, metrics
+
+    def autocast(self) -> Any:
+        """Mixed precision for the forward passes (``train.bf16`` / ``fp16`` without DeepSpeed)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _score_experience(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
+        """Log-probs, reference log-probs, values, scores, rewards and advantages of a rollout batch."""
+        ppo = self.ppo
         self.policy_engine.module.eval()
         if self.critic_engine is not None:
             self.critic_engine.module.eval()
@@ -340,10 +436,8 @@ class PpoTrainer:
         rewards = pm.token_rewards(norm_scores, kl, mask, ppo.kl_coef)
         advantages, returns = pm.gae(rewards, values * mask, mask, ppo.gamma, ppo.lam)
         advantages = pm.process_advantages(advantages, mask, ppo.whiten_advantages, ppo.advantage_clip)
-        batch.extra.update(old_logp=old_logp, values=values * mask, advantages=advantages, returns=returns)
-        t2 = time.perf_counter()
-        self.times.generate += t1 - t0
-        self.times.score += t2 - t1
+        batch.extra.update(old_logp=old_logp, values=values * mask, advantages=advantages, returns=returns,
+                           scores=scores.detach().float())
         k1 = (old_logp - ref_logp) * mask
         lengths = mask.sum(1)
         n_rows = pm.all_sum(torch.tensor(float(len(batch)), device=self.device))
@@ -362,12 +456,12 @@ class PpoTrainer:
             "response_length": row_mean(lengths),
             "val/mean": float(pm.masked_mean(values, mask, True)),
             "val/returns": float(pm.masked_mean(returns, mask, True)),
-            "time/generate": t1 - t0,
-            "time/score": t2 - t1,
         }
         return batch, metrics
 
     def _ptx_loss(self, step: int) -> torch.Tensor:
+        if isinstance(self.ptx, InstructionMix):
+            return self.ptx.loss(self.policy_engine.model, self.device)
         tok = self.processor.tokenizer
         n = len(self.ptx)
         texts = [self.ptx[(step * self.ppo.ptx_batch_size + i) % n] for i in range(self.ppo.ptx_batch_size)]
@@ -376,6 +470,39 @@ class PpoTrainer:
         labels = ids.masked_fill(mask == 0, -100)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         return self.policy_engine.model(input_ids=ids, attention_mask=mask, position_ids=pos, labels=labels).loss
+
+    def minibatch_losses(self, mb: RolloutBatch, critic_only: bool,
+                         step: int) -> tuple[torch.Tensor | None, Any, dict[str, float]]:
+        """The policy's loss (clipped surrogate, entropy bonus, PPO-ptx; None when only a separate critic
+        trains), the value loss, and their statistics, for one minibatch. Losses are scaled for gradients that
+        every wrapper averages over ranks (``local_sum / global_count * world``)."""
+        ppo = self.ppo
+        shared = self.critic_engine is None
+        mask = mb.response_mask
+        stats: dict[str, float] = {}
+        loss = None
+        hidden = None
+        if not critic_only or shared:
+            logits, hidden = forward_response(self.policy_engine.model, mb, hidden=shared)
+            logp = pm.token_logprobs(logits, mb.response_ids)
+            pl = pm.policy_loss(logp, mb.extra["old_logp"], mb.extra["advantages"], mask, ppo.cliprange,
+                                global_stats=True)
+            entropy = pm.masked_mean(pm.entropy_from_logits(logits), mask, True)
+            loss = pl.loss * self.world - ppo.entropy_coef * entropy * self.world
+            if critic_only:
+                loss = loss * 0.0
+            if self.ptx is not None and not critic_only:
+                ptx = self._ptx_loss(self.iteration * 1000 + step)
+                loss = loss + ppo.ptx_coef * ptx
+                stats["loss/ptx"] = float(ptx.detach())
+            stats.update({"loss/policy": float(pl.loss.detach()), "policy/clipfrac": float(pl.clipfrac),
+                          "policy/approxkl": float(pl.approxkl), "policy/ratio": float(pl.ratio_mean),
+                          "policy/entropy": float(entropy.detach())})
+        values = self._values(mb, hidden) if shared else self._values(mb)
+        vl = pm.value_loss(values, mb.extra["values"], mb.extra["returns"], mask, ppo.cliprange_value,
+                           global_stats=True)
+        stats.update({"loss/value": float(vl.loss.detach()), "val/clipfrac": float(vl.clipfrac)})
+        return loss, vl, stats
 
     def train_on(self, batch: RolloutBatch, critic_only: bool) -> dict[str, float]:
         """PPO epochs over the buffer; returns the averaged training metrics."""
@@ -393,30 +520,8 @@ class PpoTrainer:
                 order = torch.randperm(n_local, generator=g)
             for start in range(0, n_local, per_step):
                 mb = batch.select(order[start:start + per_step])
-                mask = mb.response_mask
-                stats: dict[str, float] = {}
-                if not critic_only or shared:
-                    logits, hidden = forward_response(self.policy_engine.model, mb, hidden=shared)
-                    logp = pm.token_logprobs(logits, mb.response_ids)
-                    pl = pm.policy_loss(logp, mb.extra["old_logp"], mb.extra["advantages"], mask, ppo.cliprange,
-                                        global_stats=True)
-                    entropy = pm.masked_mean(pm.entropy_from_logits(logits), mask, True)
-                    loss = pl.loss * self.world - ppo.entropy_coef * entropy * self.world
-                    if critic_only:
-                        loss = loss * 0.0
-                    if self.ptx is not None and not critic_only:
-                        ptx = self._ptx_loss(self.iteration * 1000 + count)
-                        loss = loss + ppo.ptx_coef * ptx
-                        stats["loss/ptx"] = float(ptx.detach())
-                    stats.update({"loss/policy": float(pl.loss.detach()), "policy/clipfrac": float(pl.clipfrac),
-                                  "policy/approxkl": float(pl.approxkl), "policy/ratio": float(pl.ratio_mean),
-                                  "policy/entropy": float(entropy.detach())})
-                else:
-                    hidden = None
-                values = self._values(mb, hidden) if shared else self._values(mb)
-                vl = pm.value_loss(values, mb.extra["values"], mb.extra["returns"], mask, ppo.cliprange_value,
-                                   global_stats=True)
-                stats.update({"loss/value": float(vl.loss.detach()), "val/clipfrac": float(vl.clipfrac)})
+                with self.autocast():
+                    loss, vl, stats = self.minibatch_losses(mb, critic_only, count)
                 if shared:
                     self.policy_engine.backward(loss + ppo.vf_coef * vl.loss * self.world)
                     stats["grad_norm/policy"] = self.policy_engine.step()
@@ -444,6 +549,8 @@ class PpoTrainer:
         self.policy_engine.save(staging / "policy_engine")
         if self.critic_engine is not None:
             self.critic_engine.save(staging / "critic_engine")
+        if isinstance(self.ptx, InstructionMix):  # each rank's own instruction stream
+            (staging / f"ptx-rank{self.rank}.json").write_text(json.dumps(self.ptx.state_dict()) + "\n")
         if self.rank == 0:
             state = {"iteration": self.iteration, "moments": self.moments.state_dict(), "history": self.history,
                      "collapse_warnings": self.collapse.warnings, "collapse_first": self.collapse.first,
@@ -475,6 +582,9 @@ class PpoTrainer:
         self.collapse.first = state["collapse_first"]
         self.collapse.active = set(state.get("collapse_active", []))
         self.load_extra_state(state.get("extra", {}))
+        ptx_state = path / f"ptx-rank{self.rank}.json"
+        if isinstance(self.ptx, InstructionMix) and ptx_state.is_file():
+            self.ptx.load_state_dict(json.loads(ptx_state.read_text()))
 
     def _barrier(self) -> None:
         if self.world > 1:
@@ -483,20 +593,21 @@ class PpoTrainer:
     # --- run ----------------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         cfg, ppo = self.cfg, self.ppo
-        iterations = cfg.train.max_steps
-        if iterations is None or iterations <= 0:
-            iterations = math.ceil(cfg.train.num_train_epochs * len(self.records) / ppo.rollout_batch_size)
+        iterations = self.total_iterations()
         resume = resolve_resume(str(self.out_dir), cfg.train.resume_from_checkpoint)
         if resume:
             self.load_checkpoint(resume)
             logger.info("resumed from %s at iteration %d", resume, self.iteration)
-        writer = self._tensorboard()
+        tracker = self.tracker()
         start = time.perf_counter()
         bar = tqdm(total=iterations, initial=self.iteration, desc="ppo", unit="it", disable=self.rank != 0)
         while self.iteration < iterations:
             critic_only = self.iteration < ppo.critic_pretrain_iterations
             torch.manual_seed(cfg.train.seed * 7919 + self.iteration * 31 + self.rank)
             batch, metrics = self.make_experience(self.prompt_batch(self.iteration))
+            metrics["lr/policy"] = self.policy_engine.lr  # the rate this iteration's first step uses
+            if self.critic_engine is not None:
+                metrics["lr/critic"] = self.critic_engine.lr
             metrics.update(self.train_on(batch, critic_only))
             samples = ppo.rollout_batch_size
             took = metrics["time/generate"] + metrics["time/score"] + metrics["time/train"]
@@ -507,32 +618,52 @@ class PpoTrainer:
             self.on_iteration_end(metrics)
             self.history.append(metrics)
             self.collapse.observe(self.iteration, metrics)
-            if writer is not None:
-                for k, v in metrics.items():
-                    writer.add_scalar(k, v, self.iteration)
+            self.report(tracker, metrics, batch)
             bar.set_postfix({"reward": f"{metrics['objective/reward']:.3f}", "kl": f"{metrics['objective/kl']:.3f}"})
             bar.update(1)
             if cfg.train.save_steps and self.iteration % cfg.train.save_steps == 0:
                 self.save_checkpoint()
         bar.close()
-        if writer is not None:
-            writer.close()
+        tracker.close()
         final = self.save_final()
         return self.write_summary(time.perf_counter() - start, final)
 
-    def _tensorboard(self) -> Any:
-        if self.rank != 0 or "tensorboard" not in (self.cfg.train.report_to or []):
-            return None
-        from torch.utils.tensorboard import SummaryWriter
+    # --- reporting (shared with trainers built on this one) ------------------------------------------
+    def tracker(self) -> RunTracker:
+        """Where metrics go: ``train.report_to`` (TensorBoard, W&B), on the main process."""
+        extra = self.cfg.train.training_args
+        return RunTracker(self.cfg.train.report_to, self.out_dir, main=self.rank == 0, config=to_dict(self.cfg),
+                          project=extra.get("project"), run_name=extra.get("run_name"))
 
-        return SummaryWriter(str(self.out_dir / "runs"))
+    def completion_rows(self, batch: RolloutBatch) -> list[dict[str, Any]]:
+        """The first ``ppo.log_completions`` rows of this rank's rollout batch: prompt, completion, score."""
+        scores = batch.extra.get("scores")
+        rows = []
+        for i in range(min(self.ppo.log_completions, len(batch))):
+            rows.append({"prompt": batch.prompts[i], "completion": batch.completions[i],
+                         "score": float(scores[i]) if scores is not None else None,
+                         "response_tokens": int(batch.response_mask[i].sum())})
+        return rows
+
+    def report(self, tracker: RunTracker, metrics: dict[str, float], batch: RolloutBatch) -> None:
+        """One iteration's scalars, and every ``train.logging_steps`` iterations (and the first) a table of
+        sample completions."""
+        tracker.log(metrics, self.iteration)
+        every = max(int(self.cfg.train.logging_steps), 1)
+        if self.ppo.log_completions and (self.iteration == 1 or self.iteration % every == 0):
+            tracker.log_completions(self.completion_rows(batch), self.iteration)
 
     def save_final(self) -> str:
         final = self.out_dir / "final"
-        if self.rank == 0:
-            self.kind.save(self.policy, final, self.processor)
-            if self.critic_engine is not None:
-                unwrap(self.critic_engine.module).save_pretrained(self.out_dir / "critic", processor=self.processor)
+        # Under ZeRO-3 every rank joins the gathering of the partitioned weights; the main process writes.
+        with self.policy_engine.gathered():
+            if self.rank == 0:
+                self.kind.save(self.policy, final, self.processor)
+        if self.critic_engine is not None:
+            with self.critic_engine.gathered():
+                if self.rank == 0:
+                    unwrap(self.critic_engine.module).save_pretrained(self.out_dir / "critic",
+                                                                      processor=self.processor)
         self._barrier()
         return str(final)
 

@@ -58,9 +58,16 @@ class PpoConfig:
     vf_coef: float = 0.5
     entropy_coef: float = 0.0
     #: weight of the language-modelling loss on ``ptx_data`` (PPO-ptx); 0: off.
-    ptx_coef: float = 0.0
+    ptx_coef: float = bounded(0.0, ge=0)
+    #: a JSONL of ``{"text"}`` or ``{"prompt", "answer"}`` (loss on every token), or LLaVA-format records
+    #: (``conversations``, images included; loss on the assistant turns: mova.trainers.instruction_mix).
     ptx_data: str | None = None
-    ptx_batch_size: int = 4
+    ptx_batch_size: int = bounded(4, ge=1)
+    #: for LLaVA-format ``ptx_data``: the folder its image paths are relative to (default: the file's), a
+    #: feature cache of those images, and their chat template (default: the policy's).
+    ptx_image_folder: str | None = None
+    ptx_feature_cache: str | None = None
+    ptx_template: str | None = None
 
     # --- the loop ---
     #: prompts per iteration over all processes.
@@ -93,6 +100,9 @@ class PpoConfig:
     train_fusion: bool = False
 
     # --- monitoring ---
+    #: rows of sample completions (prompt, completion, score) reported every ``train.logging_steps``
+    #: iterations to ``completions.jsonl`` and the ``train.report_to`` trackers; 0: none.
+    log_completions: int = bounded(4, ge=0)
     #: warn when the mean per-response KL exceeds this (nats).
     collapse_kl: float = 10.0
     #: warn when perplexity or response length leave [1/ratio, ratio] times their first value.

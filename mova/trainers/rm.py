@@ -28,11 +28,12 @@ from transformers import set_seed
 from mova.config import RunConfig, to_dict
 from mova.data.batch import to_device
 from mova.data.pairs import PairDataset, PairEncoder, pair_collator
-from mova.data.preference import load_pairs
+from mova.data.preference import load_pairs_with_eval
 from mova.errors import ConfigError
 from mova.model.policy import load_policy, policy_kind, unwrap
 from mova.rl.reward_model import RewardModel, pair_scores
 from mova.trainers.base import MovaTrainer, resolve_resume, write_report
+from mova.trainers.optim import part_options
 from mova.trainers.rm_config import RmConfig
 from mova.trainers.rm_loss import check_rm_loss_options, rm_loss, simcse_loss, swav_loss, weakest_pairs
 
@@ -208,14 +209,17 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
 
     ``train_positions`` trains on those pairs of the source only (the strength ensemble's held-out folds).
     """
-    from mova.trainers.stages import training_arguments, zero_stage
+    from mova.trainers.stages import check_eval, check_fsdp_launch, policy_dtype, training_arguments, zero_stage
 
     opts: RmConfig = cfg.section("rm")
     if zero_stage(cfg.train.deepspeed) == 3:
         raise ConfigError("reward-model training supports ZeRO-2 (scripts/zero2.json), not ZeRO-3: the final "
                           "save writes the head and backbone from full weights")
+    args = training_arguments(cfg)  # before anything loads: a bad option fails at once
+    check_fsdp_launch(args)
     set_seed(cfg.train.seed)
-    pairs = load_pairs(cfg.data)
+    pairs, eval_pairs = load_pairs_with_eval(cfg.data, cfg.train.seed)
+    check_eval(cfg, eval_pairs is not None)
     strength_all = pair_strength(cfg, pairs)
     check_rm_config(opts, strength_all is not None)
     flipped: list[int] = []
@@ -227,7 +231,7 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
         pairs = PairView(pairs, set(flipped), train_positions)
         if strength_all is not None:
             strength_all = strength_all[torch.tensor(pairs.positions, dtype=torch.long)]
-    backbone, processor = load_policy(cfg.init_from, cfg.model)
+    backbone, processor = load_policy(cfg.init_from, cfg.model, dtype=policy_dtype(cfg))
     kind = policy_kind(backbone)
     backbone, trainable = kind.make_trainable(backbone, lora=cfg.train.lora, train_fusion=opts.train_fusion,
                                               unfreeze_experts=cfg.train.unfreeze_experts)
@@ -240,7 +244,7 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
     dataset = build_pair_dataset(cfg, processor, pairs, template)
     strength = strength_all[torch.tensor(dataset.keep)].float() if strength_all is not None else None
     collator = pair_collator(opts.pair_encoding, processor.pad_token_id(), opts.max_tokens_per_row)
-    args = training_arguments(cfg)
+    eval_ds = build_pair_dataset(cfg, processor, eval_pairs, template) if eval_pairs is not None else None
     meta = None
     if opts.metarm_path:
         from mova.trainers.metarm import MetaRmStep, load_meta_set
@@ -248,9 +252,10 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
         meta_set = load_meta_set(opts.metarm_path, PairEncoder(processor, template, max_length=cfg.data.max_length))
         meta = MetaRmStep(meta_set, collator, lr=opts.metarm_lr, batch_size=opts.metarm_batch_size,
                           seed=cfg.train.seed)
-    trainer = RmTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+    trainer = RmTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_ds, data_collator=collator,
                         max_nonfinite_in_a_row=cfg.train.max_nonfinite_in_a_row,
                         group_by_modality_length=cfg.data.group_by_modality_length,
+                        part_options=part_options(cfg.train),
                         rm_options=opts, strength=strength, meta=meta)
     resume = resolve_resume(args.output_dir, cfg.train.resume_from_checkpoint)
     trainer.train(resume_from_checkpoint=resume)
@@ -262,9 +267,7 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         model.save_pretrained(final, processor, extra={"template": template})
-    if cfg.data.eval_data_path:
-        eval_pairs = load_pairs(cfg.data, held_out=True)
-        eval_ds = build_pair_dataset(cfg, processor, eval_pairs, template)
+    if eval_ds is not None:
         r_c, r_r = score_pair_dataset(model, eval_ds, collator, opts.eval_batch_size, args.device,
                                       progress=trainer.is_world_process_zero())
         extra["eval"] = preference_metrics(r_c, r_r)

@@ -128,7 +128,7 @@ def train_prompt_answer(model: Any, tokenizer: Any, records: Sequence[dict[str, 
     its ``output_dir`` is replaced by ``out_dir``. ``tokenizer`` may be a tokenizer or a Mova processor.
     Returns the summary dict written to ``out_dir/summary.json``.
     """
-    from mova.trainers.stages import training_arguments
+    from mova.trainers.stages import check_fsdp_launch, training_arguments
 
     out_dir = Path(out_dir)
     if not records:
@@ -139,6 +139,7 @@ def train_prompt_answer(model: Any, tokenizer: Any, records: Sequence[dict[str, 
     cfg = RunConfig(stage="text_sft", train=train_cfg)
     cfg.train = TrainConfig(**{**train_cfg.__dict__, "output_dir": str(out_dir)})
     args = training_arguments(cfg)
+    check_fsdp_launch(args)
     kind = policy_kind(model)
     # text only: a Mova model's experts and fusion network get no gradient, its LLM trains (or its adapters)
     wrapped, counts = kind.make_trainable(model, lora=train_cfg.lora)

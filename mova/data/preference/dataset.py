@@ -298,3 +298,45 @@ def _warn_duplicate_ids(records: list[_Record], label: str) -> None:
         logger.warning(
             "%s: %d id(s) occur more than once (e.g. %r); ids are not unique keys here", label, len(dupes), dupes[0]
         )
+
+
+class PairSelection(Dataset):
+    """Chosen positions of one or more preference datasets, as one dataset: a mixture of sources (a position
+    may repeat when a source is oversampled) or a held-out split. Offers what the trainers read of a
+    :class:`PreferenceDataset`: pairs with their images decoded on access, ``without_image``, ``has_image``,
+    ``records`` (metadata), ``skipped`` and ``summary()``."""
+
+    def __init__(self, picks: list[tuple[PreferenceDataset, int]], source: str, info: dict[str, Any] | None = None):
+        self.picks = picks
+        self.source = source
+        self.info = dict(info or {})
+        self.records = [ds.records[i] for ds, i in picks]
+        seen: dict[int, PreferenceDataset] = {id(ds): ds for ds, _ in picks}
+        self.skipped = [s for ds in seen.values() for s in ds.skipped]
+
+    def __len__(self) -> int:
+        return len(self.picks)
+
+    def __getitem__(self, i: int) -> PreferencePair:
+        ds, j = self.picks[i]
+        return ds[j]
+
+    def without_image(self, i: int) -> PreferencePair:
+        ds, j = self.picks[i]
+        return ds.without_image(j)
+
+    def __iter__(self) -> Iterator[PreferencePair]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+    @property
+    def has_image(self) -> list[bool]:
+        return [r.image_ref is not None for r in self.records]
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, **self.info, "kept": len(self.picks), "skipped": len(self.skipped),
+                "skipped_by_reason": dict(Counter(s.reason for s in self.skipped))}

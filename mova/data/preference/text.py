@@ -181,18 +181,21 @@ def _text_record(row: Any, index: int, row_id: str, folder: Path, verify_images:
     chosen = _response_text(row["chosen"], "chosen")
     rejected = _response_text(row["rejected"], "rejected")
     _check_pair(chosen, rejected)
-    image_ref: Path | None = None
+    image_ref: Path | bytes | None = None
     placeholders = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in prompt)
     rel = row.get("image")
     if rel is not None:
-        if not isinstance(rel, str):
+        if isinstance(rel, (bytes, bytearray)):  # embedded in the dataset (the Hub's Image feature)
+            image_ref = bytes(rel)
+        elif not isinstance(rel, str):
             raise _Invalid("malformed image", f"expected one relative path, got {type(rel).__name__}")
-        try:
-            image_ref = resolve_image_path(folder, rel)
-        except ValueError as e:
-            raise _Invalid("image path refused", str(e)) from e
-        if not image_ref.is_file():
-            raise _Invalid("missing image file", str(image_ref))
+        else:
+            try:
+                image_ref = resolve_image_path(folder, rel)
+            except ValueError as e:
+                raise _Invalid("image path refused", str(e)) from e
+            if not image_ref.is_file():
+                raise _Invalid("missing image file", str(image_ref))
         _verify_image(image_ref, verify_images)
         if placeholders == 0:
             first = next(k for k, t in enumerate(prompt) if t["from"] == "human")
@@ -202,6 +205,38 @@ def _text_record(row: Any, index: int, row_id: str, folder: Path, verify_images:
     elif placeholders:
         raise _Invalid("malformed prompt", f"{IMAGE_PLACEHOLDER} placeholder but no 'image' field")
     meta = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", "id", "image")}
-    if rel is not None:
+    if isinstance(rel, str):
         meta["image_path"] = rel
     return _Record(row_id, index, prompt, chosen, rejected, image_ref, meta)
+
+
+def load_preference_rows(source: str, *, name: str | None = None, split: str = "train", limit: int | None = None,
+                         skip_invalid: bool = False, verify_images: str = "header", image_folder: str | None = None,
+                         columns: dict[str, str] | None = None) -> PreferenceDataset:
+    """Preference pairs from a Hub dataset id, a local folder laid out like one, or a parquet file, whose rows
+    have the fields :func:`load_text_preferences` reads (``prompt``, ``chosen``, ``rejected``, optional ``id``
+    and ``image``: a path relative to the folder, or image bytes embedded in the dataset). ``columns`` renames
+    a source's columns to these names (``{question: prompt}``)."""
+    from mova.data.sources import read_source
+
+    _check_verify_mode(verify_images)
+    _check_limit(limit)
+    data = read_source(source, name=name, split=split, image_folder=image_folder, columns=columns,
+                       what="preference data")
+    rows = _Rows(data.label, skip_invalid)
+    records: list[_Record] = []
+    for index, row in enumerate(data.records):
+        if limit is not None and len(records) >= limit:
+            break
+        row_id = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"{data.label}:{index}"
+        try:
+            rec = _text_record(row, index, row_id, data.image_folder, verify_images)
+        except _Invalid as e:
+            rows.bad(index, row_id, e)
+            continue
+        rec.meta["source"] = source
+        records.append(rec)
+    rows.finish(records, limit)
+    _warn_duplicate_ids(records, data.label)
+    return PreferenceDataset(records, source=data.label, rows=len(data.records), skipped=rows.skipped,
+                             info={"limit": limit, "split": split})
