@@ -48,10 +48,6 @@ def configure_logging() -> None:
         log.addHandler(handler)
         log.propagate = False
     log.setLevel(os.environ.get("MOVA_LOG_LEVEL", "INFO").upper())
-    # bitsandbytes (imported by peft when installed) tries to fetch an optional CPU kernel from the Hub at
-    # import and warns twice when it cannot (offline runs): noise for every command that never quantizes.
-    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
