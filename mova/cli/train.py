@@ -75,6 +75,18 @@ def _ppo(config: str | None, overrides: list[str]) -> dict[str, Any]:
             "collapse_warnings": len(summary["collapse_warnings"]), "final_model": summary["final_model"]}
 
 
+@stage("grpo", "GRPO / RLOO: critic-free RL with a group baseline (reward model or function; text or VLM)")
+def _grpo(config: str | None, overrides: list[str]) -> dict[str, Any]:
+    from mova.config import load_run_config
+    from mova.trainers.grpo import run_grpo
+
+    summary = run_grpo(load_run_config(config, overrides, stage="grpo"))
+    last = summary["last_metrics"]
+    return {"stage": "grpo", "iterations": summary["iterations"], "train_runtime_s": summary["train_runtime_s"],
+            **{k: last.get(k) for k in ("objective/reward", "objective/kl", "objective/ppl", "response_length")},
+            "collapse_warnings": len(summary["collapse_warnings"]), "final_model": summary["final_model"]}
+
+
 @stage("r3", "R3 reverse-curriculum RL for reasoning on the PPO trainer (schedule none: plain PPO)")
 def _r3(config: str | None, overrides: list[str]) -> dict[str, Any]:
     from mova.config import load_run_config

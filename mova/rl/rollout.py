@@ -82,6 +82,18 @@ def encode_prompts(processor: Any, records: Sequence[PromptRecord], template: st
     return prompts, to_device(_encode(processor, prompts, images), device)
 
 
+def repeat_rows(times: int, prompts: list[str], records: list[PromptRecord], enc: dict[str, Any],
+                images: dict[str, torch.Tensor] | None) -> tuple[list[str], list[PromptRecord], dict[str, Any], Any]:
+    """Each prompt's row ``times`` times in a row: text, records, token inputs and (one per image-bearing
+    prompt) expert features, so every copy keeps its prompt's image without running the experts again."""
+    def rep(x: Any) -> Any:
+        return x.repeat_interleave(times, dim=0) if isinstance(x, torch.Tensor) else x
+
+    enc = {k: rep(x) for k, x in enc.items() if k != "images"}  # the pixels are done with: features go on
+    images = {k: rep(v) for k, v in images.items()} if images else images
+    return ([p for p in prompts for _ in range(times)], [r for r in records for _ in range(times)], enc, images)
+
+
 def response_mask_from(tokens: torch.Tensor, eos_id: int | None) -> torch.Tensor:
     """1 on every token up to and including the first EOS of each row (all of a row without one)."""
     if eos_id is None:
@@ -94,12 +106,18 @@ def response_mask_from(tokens: torch.Tensor, eos_id: int | None) -> torch.Tensor
 @torch.no_grad()
 def generate_rollouts(policy: torch.nn.Module, processor: Any, records: Sequence[PromptRecord], *,
                       template: str | None, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                      top_k: int = 0, device: torch.device) -> RolloutBatch:
-    """Sample one response per prompt with the policy's KV cache (``generate``); greedy at temperature 0."""
+                      top_k: int = 0, device: torch.device, num_generations: int = 1) -> RolloutBatch:
+    """Sample one response per prompt with the policy's KV cache (``generate``); greedy at temperature 0.
+
+    ``num_generations`` G > 1 samples G responses per prompt (GRPO's groups): the batch then holds each prompt's
+    G rows one after another, and a prompt's image goes through the frozen experts once, its features repeated
+    for the G rows."""
     model = unwrap(policy)
     processor = as_processor(processor)
     prompts, enc = encode_prompts(processor, records, template, device)
     images = policy_kind(model).shared_image_features(model, enc.get("images"))
+    if num_generations > 1:
+        prompts, records, enc, images = repeat_rows(num_generations, prompts, list(records), enc, images)
     tokenizer = processor.tokenizer
     eos_id = tokenizer.eos_token_id
     pad_id = processor.pad_token_id()
