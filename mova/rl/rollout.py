@@ -70,6 +70,33 @@ class RolloutBatch:
                             {k: v[idx_t] for k, v in self.extra.items()})
 
 
+def concat_rollouts(batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """One batch of several (prompts left-padded, responses right-padded to the widest); rows keep their order
+    and their images. Only fresh rollouts (no ``extra`` tensors yet) are joined."""
+    import torch.nn.functional as F
+
+    if any(b.extra for b in batches):
+        raise ValueError("concat_rollouts joins fresh rollouts only (their extra tensors are not padded)")
+    P = max(b.prompt_ids.shape[1] for b in batches)
+    R = max(b.response_ids.shape[1] for b in batches)
+
+    def cat(name: str, left: bool, value: float) -> torch.Tensor:
+        width = P if left else R
+        parts = []
+        for b in batches:
+            x = getattr(b, name)
+            gap = width - x.shape[1]
+            parts.append(F.pad(x, (gap, 0) if left else (0, gap), value=value))
+        return torch.cat(parts)
+
+    with_images = [b.images for b in batches if b.images]
+    images = {k: torch.cat([im[k] for im in with_images]) for k in with_images[0]} if with_images else None
+    return RolloutBatch(cat("prompt_ids", True, pad_id), cat("prompt_mask", True, 0),
+                        cat("response_ids", False, pad_id), cat("response_mask", False, 0), images,
+                        [p for b in batches for p in b.prompts], [c for b in batches for c in b.completions],
+                        [r for b in batches for r in b.records])
+
+
 def encode_prompts(processor: Any, records: Sequence[PromptRecord], template: str | None,
                    device: torch.device) -> tuple[list[str], dict[str, Any]]:
     """Rendered prompt strings and the left-padded model inputs for ``records``."""

@@ -27,11 +27,12 @@ import torch
 from torch import nn
 
 from mova.config import RunConfig
+from mova.model.processing_text import as_processor
 from mova.rl import grpo_math as gm
 from mova.rl import ppo_math as pm
 from mova.rl.engine import TrainEngine
 from mova.rl.prompts import PromptRecord
-from mova.rl.rollout import RolloutBatch, forward_response, generate_rollouts
+from mova.rl.rollout import RolloutBatch, concat_rollouts, forward_response, generate_rollouts
 from mova.trainers.grpo_config import GrpoConfig
 from mova.trainers.ppo import PpoTrainer
 from mova.trainers.stages import activation_checkpointing, enable_activation_checkpointing
@@ -67,12 +68,9 @@ class GrpoTrainer(PpoTrainer):
     # --- one iteration --------------------------------------------------------------------------------
     @torch.no_grad()
     def make_experience(self, records: list[PromptRecord]) -> tuple[RolloutBatch, dict[str, float]]:
-        g = self.ppo
         t0 = time.perf_counter()
         with self.policy_engine.gathered(), self.autocast():
-            batch = generate_rollouts(self.policy, self.processor, records, template=self.template,
-                                      max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                      top_k=g.top_k, device=self.device, num_generations=g.num_generations)
+            batch = self._sample(records)
         t1 = time.perf_counter()
         with self.autocast():
             batch, metrics = self._score_experience(batch)
@@ -81,6 +79,21 @@ class GrpoTrainer(PpoTrainer):
         self.times.score += t2 - t1
         metrics.update({"time/generate": t1 - t0, "time/score": t2 - t1})
         return batch, metrics
+
+    def _sample(self, records: list[PromptRecord]) -> RolloutBatch:
+        """G responses per prompt: one ``generate`` call for the batch, or with ``seed_per_prompt`` one per
+        prompt, seeded by the prompt's place in the global batch."""
+        g = self.ppo
+        options = {"template": self.template, "max_new_tokens": g.max_new_tokens, "temperature": g.temperature,
+                   "top_p": g.top_p, "top_k": g.top_k, "device": self.device, "num_generations": g.num_generations}
+        if not g.seed_per_prompt:
+            return generate_rollouts(self.policy, self.processor, records, **options)
+        first = self.iteration * g.rollout_batch_size + self.rank * len(records)
+        parts = []
+        for i, record in enumerate(records):
+            torch.manual_seed(self.cfg.train.seed * 1_000_003 + first + i)
+            parts.append(generate_rollouts(self.policy, self.processor, [record], **options))
+        return concat_rollouts(parts, as_processor(self.processor).pad_token_id())
 
     def _score_experience(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
         """Log-probs, reference log-probs, scores and group advantages of a rollout batch."""

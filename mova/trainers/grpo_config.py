@@ -73,6 +73,10 @@ class GrpoConfig:
     temperature: float = bounded(1.0, gt=0)
     top_p: float = bounded(1.0, gt=0, le=1)
     top_k: int = bounded(0, ge=0)
+    #: sample each prompt's group from a seed of its own (run seed, iteration, place in the global batch): the
+    #: samples then do not depend on the number of processes or on the other prompts (a 2-process run equals a
+    #: 1-process run), at the cost of one ``generate`` call per prompt instead of one per batch.
+    seed_per_prompt: bool = False
     #: global gradient-norm clipping; null: ``train.max_grad_norm``; 0: off.
     max_grad_norm: float | None = None
     #: shuffle the rows before cutting minibatches (each epoch).
