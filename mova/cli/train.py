@@ -87,7 +87,8 @@ def _grpo(config: str | None, overrides: list[str]) -> dict[str, Any]:
             "collapse_warnings": len(summary["collapse_warnings"]), "final_model": summary["final_model"]}
 
 
-@stage("r3", "R3 reverse-curriculum RL for reasoning on the PPO trainer (schedule none: plain PPO)")
+@stage("r3", "R3 reverse-curriculum RL for reasoning on PPO or GRPO (curriculum.optimizer: ppo | grpo; "
+       "schedule none: plain outcome-reward RL)")
 def _r3(config: str | None, overrides: list[str]) -> dict[str, Any]:
     from mova.config import load_run_config
     from mova.trainers.r3 import run_r3
