@@ -226,3 +226,17 @@ def test_two_process_grpo_matches_one_process(colour, tmp_path):
         got = [h[key] for h in two["history"]]
         want = [h[key] for h in one["history"]]
         assert got == pytest.approx(want, rel=1e-3, abs=1e-5), key
+
+
+def test_train_grpo_help_lists_the_options(capsys):
+    from mova.cli import main
+    from mova.trainers.grpo_config import GrpoConfig as Cfg
+
+    with pytest.raises(SystemExit):
+        main(["train", "grpo", "--help"])
+    out = capsys.readouterr().out
+    import dataclasses
+
+    for f in dataclasses.fields(Cfg):
+        assert f"grpo.{f.name} (" in out, f.name
+    assert "leave-one-out" in out and "ppo.kl_coef" not in out

@@ -49,13 +49,16 @@ class GrpoConfig:
     kl_penalty: Literal["loss", "reward"] = "loss"
 
     # --- the loss ---
+    #: the surrogate's clip range: the ratio to the sampling policy is kept within [1 - c, 1 + c].
     cliprange: float = bounded(0.2, gt=0)
     #: token_mean (every token of the batch weighs alike) | sequence_mean (each response's token mean, then
     #: the mean over responses: GRPO's paper).
     loss_aggregation: Literal["token_mean", "sequence_mean"] = "token_mean"
+    #: weight of an entropy bonus (0: none).
     entropy_coef: float = 0.0
     #: weight of the language-modelling loss on ``ptx_data`` (as ``ppo.ptx_*``); 0: off.
     ptx_coef: float = bounded(0.0, ge=0)
+    #: PPO-ptx data, its batch size, and for LLaVA-format data its image folder, feature cache and template.
     ptx_data: str | None = None
     ptx_batch_size: int = bounded(4, ge=1)
     ptx_image_folder: str | None = None
@@ -69,6 +72,8 @@ class GrpoConfig:
     mini_batch_size: int = bounded(16, ge=1)
     #: passes over each iteration's rollouts (1: every step on fresh samples, the ratio starts at 1).
     epochs: int = bounded(1, ge=1)
+    #: sampling: response length cap, temperature (> 0: a group of identical greedy answers has no signal),
+    #: nucleus and top-k (0: off).
     max_new_tokens: int = bounded(32, ge=1)
     temperature: float = bounded(1.0, gt=0)
     top_p: float = bounded(1.0, gt=0, le=1)
