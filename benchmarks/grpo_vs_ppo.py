@@ -71,16 +71,15 @@ def run_one(method: str, seed: int, args: argparse.Namespace, policy: Path, prom
                  "train.lr_scheduler_type=constant", "train.warmup_ratio=0", f"{section}.reward_fn=word_fraction",
                  f"{section}.reward_kwargs={{words: {COLOURS}}}",
                  *method_overrides(method, args.responses, args.group)]
+    from mova.trainers.grpo import run_grpo
+    from mova.trainers.ppo import run_ppo
+
     cuda = torch.cuda.is_available() and not args.cpu
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    before = rss_kib()
+    before = rss_kib()  # after the imports: what grows from here is the run's models, optimizers and passes
     cfg = load_run_config(None, overrides, stage=section)
-    if method == "ppo":
-        from mova.trainers.ppo import run_ppo as train
-    else:
-        from mova.trainers.grpo import run_grpo as train
-    summary = train(cfg)
+    summary = (run_ppo if method == "ppo" else run_grpo)(cfg)
     peak_mib = (torch.cuda.max_memory_allocated() / 2**20 if cuda
                 else max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, 0) / 1024)
     h = summary["history"]
@@ -109,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--target", type=float, default=0.8, help="reward whose first reaching is reported")
     p.add_argument("--sft-steps", type=int, default=60)
+    p.add_argument("--layers", type=int, default=2, help="the tiny Llama's layers")
+    p.add_argument("--width", type=int, default=64, help="the tiny Llama's hidden size")
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)  # a child process's run
     p.add_argument("--quick", action="store_true", help="tiny sizes, one process: checks the script runs")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     from ppo import text_policy
 
     out = Path(args.out)
-    policy, prompts = text_policy(out, 2, 64, args.sft_steps)
+    policy, prompts = text_policy(out, args.layers, args.width, args.sft_steps)
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one[0], int(args.one[1]), args, policy, prompts)))
         return
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             cmd = [sys.executable, __file__, "--one", method, str(seed), "--out", str(out),
                    "--iterations", str(args.iterations), "--responses", str(args.responses), "--group",
                    str(args.group), "--lr", str(args.lr), "--target", str(args.target), "--sft-steps",
-                   str(args.sft_steps), *(["--cpu"] if args.cpu else [])]
+                   str(args.sft_steps), "--layers", str(args.layers), "--width", str(args.width),
+                   *(["--cpu"] if args.cpu else [])]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
@@ -139,8 +141,9 @@ def main(argv: list[str] | None = None) -> None:
             results.append(json.loads(line[len("RESULT "):]))
     device = results[0]["device"]
     memory = "peak allocated MiB" if device == "cuda" else "peak RSS growth MiB"
-    print(f"\nGRPO vs PPO on the colour task ({device}; {args.iterations} iterations of {args.responses} responses, "
-          f"G={args.group}, lr {args.lr:g}; seeds {args.seeds}; mean (std) over seeds)\n")
+    print(f"\nGRPO vs PPO on the colour task ({device}; Llama {args.layers}x{args.width}; {args.iterations} "
+          f"iterations of {args.responses} responses, G={args.group}, lr {args.lr:g}; seeds {args.seeds}; "
+          "mean (std) over seeds)\n")
     print(f"| method | reward (first 3) | reward (last 5) | iteration reaching {args.target} | KL (last 5) "
           f"| s / iteration | {memory} |")
     print("|---|---:|---:|---:|---:|---:|---:|")
