@@ -373,6 +373,7 @@ SECTIONS: dict[str, str] = {
     "dpo": "mova.trainers.dpo_config:DpoConfig",
     "rm": "mova.trainers.rm_config:RmConfig",
     "ppo": "mova.trainers.ppo_config:PpoConfig",
+    "grpo": "mova.trainers.grpo_config:GrpoConfig",
     "curriculum": "mova.trainers.r3_config:CurriculumConfig",
     "sandbox": "mova.rl.sandbox:SandboxConfig",
 }

@@ -242,3 +242,12 @@ def test_safety_pareto_quick(tmp_path):
     assert rows[0]["help RM gain"] == "-" and rows[1]["help RM gain"] != "-"  # the reward-model judge ran
     saved = json.loads((tmp_path / "pareto" / "results.json").read_text())
     assert len(saved) == 3 and saved[1]["setting"] == "beta 0.1, mix 1.0, 2 steps"
+
+
+def test_grpo_vs_ppo_quick(tmp_path):
+    out = run_quick("grpo_vs_ppo.py", "--out", str(tmp_path / "g"), cwd=tmp_path).stdout
+    rows = table(out, "| method | reward (first 3)")
+    assert [r["method"] for r in rows] == ["ppo", "grpo", "rloo"]
+    for r in rows:
+        assert 0 <= number(r["reward (last 5)"]) <= 1 and number(r["s / iteration"]) > 0
+    assert (tmp_path / "g" / "grpo_vs_ppo.png").is_file()

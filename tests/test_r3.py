@@ -1,4 +1,4 @@
-"""R3 on the PPO trainer: start states as prompts, schedule updates, resume, and the k = 0 baseline."""
+"""R3 on the PPO and GRPO trainers: start states as prompts, schedule updates, resume, and the k = 0 baseline."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 
 from mova.config import load_run_config
 from mova.data.arith_mini import write_arith_mini
+from mova.errors import ConfigError
 from mova.model.tiny import tiny_text_lm
 from mova.trainers.r3 import R3Trainer, run_r3
 
@@ -58,3 +59,23 @@ def test_schedule_none_is_plain_ppo_and_staged_resumes_its_stage(setup, tmp_path
                              "train.resume_from_checkpoint=latest"))
     resumed.load_checkpoint(tmp_path / "staged" / "checkpoint-2")
     assert resumed.schedule.metrics()["curriculum/stage"] == first["history"][-1]["curriculum/stage"]
+
+
+def test_r3_on_grpo_answers_each_start_state_as_a_group(setup, tmp_path):
+    from mova.trainers.r3 import R3GrpoTrainer, r3_trainer
+
+    cfg = load_run_config(None, [f"init_from={setup['lm']}", f"data.data_path={setup['data']}",
+                                 f"train.output_dir={tmp_path / 'grpo'}", "train.report_to=[]", "train.save_steps=0",
+                                 "train.max_steps=2", "curriculum.optimizer=grpo", "grpo.rollout_batch_size=2",
+                                 "grpo.num_generations=3", "grpo.mini_batch_size=6", "grpo.max_new_tokens=6"],
+                          stage="r3")
+    trainer = r3_trainer(cfg)
+    assert isinstance(trainer, R3GrpoTrainer) and trainer.critic_engine is None
+    assert trainer.ppo.reward_fn == "gsm8k_cot"  # the kind's default reward, as on PPO
+    batch, _ = trainer.make_experience(trainer.prompt_batch(0))
+    assert len(batch) == 6 and batch.prompts[0] == batch.prompts[2] != batch.prompts[3]
+    summary = run_r3(cfg)
+    assert summary["stage"] == "r3" and "curriculum/mean_k" in summary["last_metrics"]
+    with pytest.raises(ConfigError, match="grpo: section"):
+        r3_trainer(load_run_config(None, ["curriculum.optimizer=grpo", "ppo.kl_coef=0.1",
+                                          f"init_from={setup['lm']}", f"data.data_path={setup['data']}"], stage="r3"))

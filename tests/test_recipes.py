@@ -26,9 +26,9 @@ def test_recipe_loads(path):
     cfg = load_run_config(path)
     assert cfg.stage in TRAIN_STAGES
     assert cfg.stage in path.stem
-    for name in ("ppo", "curriculum", "rm"):
+    for name in ("ppo", "grpo", "curriculum", "rm"):
         if name in cfg.sections:
-            assert cfg.stage in (name, "r3") or name == "ppo" and cfg.stage == "r3", (cfg.stage, name)
+            assert cfg.stage in (name, "r3"), (cfg.stage, name)
     if cfg.stage == "dpo":
         check_reference(cfg)
         check_loss_options(cfg.dpo.loss_type, cfg.dpo.beta, cfg.dpo.label_smoothing)

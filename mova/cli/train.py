@@ -75,7 +75,20 @@ def _ppo(config: str | None, overrides: list[str]) -> dict[str, Any]:
             "collapse_warnings": len(summary["collapse_warnings"]), "final_model": summary["final_model"]}
 
 
-@stage("r3", "R3 reverse-curriculum RL for reasoning on the PPO trainer (schedule none: plain PPO)")
+@stage("grpo", "GRPO / RLOO: critic-free RL with a group baseline (reward model or function; text or VLM)")
+def _grpo(config: str | None, overrides: list[str]) -> dict[str, Any]:
+    from mova.config import load_run_config
+    from mova.trainers.grpo import run_grpo
+
+    summary = run_grpo(load_run_config(config, overrides, stage="grpo"))
+    last = summary["last_metrics"]
+    return {"stage": "grpo", "iterations": summary["iterations"], "train_runtime_s": summary["train_runtime_s"],
+            **{k: last.get(k) for k in ("objective/reward", "objective/kl", "objective/ppl", "response_length")},
+            "collapse_warnings": len(summary["collapse_warnings"]), "final_model": summary["final_model"]}
+
+
+@stage("r3", "R3 reverse-curriculum RL for reasoning on PPO or GRPO (curriculum.optimizer: ppo | grpo; "
+       "schedule none: plain outcome-reward RL)")
 def _r3(config: str | None, overrides: list[str]) -> dict[str, Any]:
     from mova.config import load_run_config
     from mova.trainers.r3 import run_r3
@@ -98,7 +111,55 @@ def _continual(config: str | None, overrides: list[str]) -> dict[str, Any]:
     return summary
 
 
+#: the recipe sections whose options ``mova train STAGE --help`` lists.
+STAGE_SECTIONS = {"dpo": ("dpo",), "rm": ("rm",), "ppo": ("ppo",), "grpo": ("grpo",),
+                  "r3": ("curriculum", "ppo", "grpo", "sandbox")}
+
+
+def section_options(name: str) -> str:
+    """``name.key (default): what the ``#:`` comment above the field says``, one line per option of section
+    ``name``, read from the section dataclass's source, so the help and the code cannot drift apart."""
+    import dataclasses
+    import inspect
+    import re
+
+    from mova.config import section_class
+
+    cls = section_class(name)
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    lines, comment = [], []
+    for raw in inspect.getsource(cls).splitlines():
+        line = raw.strip()
+        if line.startswith("#:"):
+            comment.append(line[2:].strip())
+            continue
+        field = re.match(r"(\w+): [^=]+?(=|$)", line)
+        if field and field.group(1) in defaults:
+            default = defaults[field.group(1)]
+            lines.append(f"  {name}.{field.group(1)} ({default!r}){': ' + ' '.join(comment) if comment else ''}")
+        if not line.startswith("#"):
+            comment = []
+    return "\n".join(lines)
+
+
+class _StageHelp(argparse.Action):
+    """``-h``: the usual help, and after ``mova train STAGE`` the options of the stage's recipe sections."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.print_help()
+        for name in STAGE_SECTIONS.get(getattr(namespace, "stage", None) or "", ()):
+            print(f"\n{name}: options (key=value overrides, or the recipe's {name}: section)\n{section_options(name)}")
+        parser.exit()
+
+
 def _add_args(p: argparse.ArgumentParser) -> None:
+    # the sub-parser comes with argparse's own -h; ours (which knows the stage) takes its place
+    p.conflict_handler = p._optionals.conflict_handler = "resolve"
+    p.add_argument("-h", "--help", action=_StageHelp, nargs=0,
+                   help="show this help (after a STAGE: also that stage's recipe options) and exit")
     p.add_argument("stage", choices=sorted(STAGES), metavar="STAGE",
                    help=" | ".join(f"{k}: {v[0]}" for k, v in sorted(STAGES.items())))
     p.add_argument("--config", help="a stage YAML (train/configs/*.yaml)")

@@ -70,6 +70,33 @@ class RolloutBatch:
                             {k: v[idx_t] for k, v in self.extra.items()})
 
 
+def concat_rollouts(batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """One batch of several (prompts left-padded, responses right-padded to the widest); rows keep their order
+    and their images. Only fresh rollouts (no ``extra`` tensors yet) are joined."""
+    import torch.nn.functional as F
+
+    if any(b.extra for b in batches):
+        raise ValueError("concat_rollouts joins fresh rollouts only (their extra tensors are not padded)")
+    P = max(b.prompt_ids.shape[1] for b in batches)
+    R = max(b.response_ids.shape[1] for b in batches)
+
+    def cat(name: str, left: bool, value: float) -> torch.Tensor:
+        width = P if left else R
+        parts = []
+        for b in batches:
+            x = getattr(b, name)
+            gap = width - x.shape[1]
+            parts.append(F.pad(x, (gap, 0) if left else (0, gap), value=value))
+        return torch.cat(parts)
+
+    with_images = [b.images for b in batches if b.images]
+    images = {k: torch.cat([im[k] for im in with_images]) for k in with_images[0]} if with_images else None
+    return RolloutBatch(cat("prompt_ids", True, pad_id), cat("prompt_mask", True, 0),
+                        cat("response_ids", False, pad_id), cat("response_mask", False, 0), images,
+                        [p for b in batches for p in b.prompts], [c for b in batches for c in b.completions],
+                        [r for b in batches for r in b.records])
+
+
 def encode_prompts(processor: Any, records: Sequence[PromptRecord], template: str | None,
                    device: torch.device) -> tuple[list[str], dict[str, Any]]:
     """Rendered prompt strings and the left-padded model inputs for ``records``."""
@@ -80,6 +107,18 @@ def encode_prompts(processor: Any, records: Sequence[PromptRecord], template: st
     by_index = dict(zip(templated, rendered))
     prompts = [by_index[i] if r.text is None else r.text for i, r in enumerate(records)]
     return prompts, to_device(_encode(processor, prompts, images), device)
+
+
+def repeat_rows(times: int, prompts: list[str], records: list[PromptRecord], enc: dict[str, Any],
+                images: dict[str, torch.Tensor] | None) -> tuple[list[str], list[PromptRecord], dict[str, Any], Any]:
+    """Each prompt's row ``times`` times in a row: text, records, token inputs and (one per image-bearing
+    prompt) expert features, so every copy keeps its prompt's image without running the experts again."""
+    def rep(x: Any) -> Any:
+        return x.repeat_interleave(times, dim=0) if isinstance(x, torch.Tensor) else x
+
+    enc = {k: rep(x) for k, x in enc.items() if k != "images"}  # the pixels are done with: features go on
+    images = {k: rep(v) for k, v in images.items()} if images else images
+    return ([p for p in prompts for _ in range(times)], [r for r in records for _ in range(times)], enc, images)
 
 
 def response_mask_from(tokens: torch.Tensor, eos_id: int | None) -> torch.Tensor:
@@ -94,12 +133,18 @@ def response_mask_from(tokens: torch.Tensor, eos_id: int | None) -> torch.Tensor
 @torch.no_grad()
 def generate_rollouts(policy: torch.nn.Module, processor: Any, records: Sequence[PromptRecord], *,
                       template: str | None, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                      top_k: int = 0, device: torch.device) -> RolloutBatch:
-    """Sample one response per prompt with the policy's KV cache (``generate``); greedy at temperature 0."""
+                      top_k: int = 0, device: torch.device, num_generations: int = 1) -> RolloutBatch:
+    """Sample one response per prompt with the policy's KV cache (``generate``); greedy at temperature 0.
+
+    ``num_generations`` G > 1 samples G responses per prompt (GRPO's groups): the batch then holds each prompt's
+    G rows one after another, and a prompt's image goes through the frozen experts once, its features repeated
+    for the G rows."""
     model = unwrap(policy)
     processor = as_processor(processor)
     prompts, enc = encode_prompts(processor, records, template, device)
     images = policy_kind(model).shared_image_features(model, enc.get("images"))
+    if num_generations > 1:
+        prompts, records, enc, images = repeat_rows(num_generations, prompts, list(records), enc, images)
     tokenizer = processor.tokenizer
     eos_id = tokenizer.eos_token_id
     pad_id = processor.pad_token_id()

@@ -128,9 +128,13 @@ class CollapseDetector:
 class PpoTrainer:
     """Builds the models from a :class:`RunConfig` (``ppo:`` section) and runs the iterations."""
 
+    #: the method's name in reports (progress bar, summary, curves file) and the recipe section it reads.
+    name = "ppo"
+    section = "ppo"
+
     def __init__(self, cfg: RunConfig):
         init_distributed()
-        self.cfg, self.ppo = cfg, cfg.section("ppo")
+        self.cfg, self.ppo = cfg, cfg.section(self.section)
         self.ppo: PpoConfig
         self.world, self.rank = world_size(), rank()
         if self.ppo.rollout_batch_size % self.world or self.ppo.mini_batch_size % self.world:
@@ -171,6 +175,10 @@ class PpoTrainer:
             {"config": cfg.data.spavl_config, "split": cfg.data.split}
         return load_prompts(cfg.data.data_path, cfg.data.image_folder, cfg.data.limit, **spavl)
 
+    def samples_per_iteration(self) -> int:
+        """Responses sampled per iteration over all processes (one per prompt for PPO)."""
+        return self.ppo.rollout_batch_size
+
     def on_iteration_end(self, metrics: dict[str, float]) -> None:
         """Called with each iteration's metrics before they are logged (add to them in place)."""
 
@@ -207,12 +215,14 @@ class PpoTrainer:
             self.reward_model = rm.eval().requires_grad_(False)
             self.reward_model.to("cpu" if ppo.offload_frozen else self.device)
             self._check_tokenizers()
+        self._build_engines(policy)
 
+    def _build_engines(self, policy: nn.Module) -> None:
+        """The trained models' engines: the policy's and the critic's (or one, with a shared value head).
+        Critic-free trainers (GRPO) override this."""
+        cfg, ppo = self.cfg, self.ppo
         tcfg = cfg.train
-        max_norm = ppo.max_grad_norm if ppo.max_grad_norm is not None else tcfg.max_grad_norm
-        micro = ppo.mini_batch_size // self.world
-        engine_kw = {"weight_decay": tcfg.weight_decay, "max_grad_norm": max_norm, "deepspeed": tcfg.deepspeed,
-                     "micro_batch": micro, "bf16": tcfg.bf16, "fp16": tcfg.fp16}
+        engine_kw = self._engine_kwargs()
         critic_lr = ppo.critic_learning_rate or tcfg.learning_rate
         # The critic is copied from the policy (or the reward model) before any engine partitions weights.
         critic = self._build_critic(policy).to(self.device) if ppo.critic != "shared" else None
@@ -231,6 +241,13 @@ class PpoTrainer:
                                              **self._optimizer_setup(policy, tcfg.learning_rate, policy_steps))
             self.critic_engine = TrainEngine(critic, critic_lr, **engine_kw,
                                              **self._optimizer_setup(critic, critic_lr, critic_steps))
+
+    def _engine_kwargs(self) -> dict[str, Any]:
+        """What every :class:`TrainEngine` of the run shares: decay, clipping, DeepSpeed, micro batch, precision."""
+        tcfg, ppo = self.cfg.train, self.ppo
+        max_norm = ppo.max_grad_norm if ppo.max_grad_norm is not None else tcfg.max_grad_norm
+        return {"weight_decay": tcfg.weight_decay, "max_grad_norm": max_norm, "deepspeed": tcfg.deepspeed,
+                "micro_batch": ppo.mini_batch_size // self.world, "bf16": tcfg.bf16, "fp16": tcfg.fp16}
 
     def total_iterations(self, n_records: int | None = None) -> int:
         """Iterations the run makes: ``train.max_steps``, or enough to pass ``num_train_epochs`` times over the
@@ -600,7 +617,7 @@ class PpoTrainer:
             logger.info("resumed from %s at iteration %d", resume, self.iteration)
         tracker = self.tracker()
         start = time.perf_counter()
-        bar = tqdm(total=iterations, initial=self.iteration, desc="ppo", unit="it", disable=self.rank != 0)
+        bar = tqdm(total=iterations, initial=self.iteration, desc=self.name, unit="it", disable=self.rank != 0)
         while self.iteration < iterations:
             critic_only = self.iteration < ppo.critic_pretrain_iterations
             torch.manual_seed(cfg.train.seed * 7919 + self.iteration * 31 + self.rank)
@@ -609,7 +626,7 @@ class PpoTrainer:
             if self.critic_engine is not None:
                 metrics["lr/critic"] = self.critic_engine.lr
             metrics.update(self.train_on(batch, critic_only))
-            samples = ppo.rollout_batch_size
+            samples = self.samples_per_iteration()
             took = metrics["time/generate"] + metrics["time/score"] + metrics["time/train"]
             metrics["samples_per_second"] = samples / took if took else float("nan")
             metrics["critic_pretraining"] = float(critic_only)
@@ -670,7 +687,7 @@ class PpoTrainer:
     def write_summary(self, runtime: float, final: str) -> dict[str, Any]:
         history = self.history
         summary = {
-            "stage": "ppo",
+            "stage": self.name,
             "global_step": self.iteration,
             "iterations": self.iteration,
             "first_metrics": history[0] if history else {},
@@ -682,13 +699,13 @@ class PpoTrainer:
             "time_train_s": self.times.train,
             "collapse_warnings": self.collapse.warnings,
             "world_size": self.world,
-            "ppo": to_dict(self.ppo),
+            self.section: to_dict(self.ppo),
             "final_model": final,
         }
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-            plot_curves({"run": history}, self.out_dir / "ppo_curves.png")
+            plot_curves({"run": history}, self.out_dir / f"{self.name}_curves.png")
         return summary
 
 

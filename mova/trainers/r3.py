@@ -4,14 +4,18 @@ The PPO loop is unchanged; only where prompts come from differs. Instead of a fi
 iteration draws ``ppo.rollout_batch_size`` start states from the curriculum schedule
 (:mod:`mova.rl.curriculum`): a problem followed by the first ``k`` steps of its gold rationale. The policy
 writes the rest, the outcome reward (``gsm8k_cot`` / ``program_cot`` by default) scores the final answer,
-and the token-level KL to the SFT reference is PPO's. After each iteration the schedule sees the mean
-reward (the ``staged`` schedule advances on it). ``curriculum.schedule: none`` keeps k = 0, which is
-plain outcome-reward PPO on the same data: the baseline from the same command.
+and the token-level KL to the SFT reference is the optimiser's. After each iteration the schedule sees the
+mean reward (the ``staged`` schedule advances on it). ``curriculum.schedule: none`` keeps k = 0, which is
+plain outcome-reward RL on the same data: the baseline from the same command.
+
+The optimiser is ``curriculum.optimizer``: ``ppo`` (PPO with its critic, options in ``ppo:``) or ``grpo``
+(critic-free, each start state answered ``grpo.num_generations`` times, options in ``grpo:``); the curriculum
+part is one mixin over either trainer (:data:`OPTIMIZERS`).
 
 Recipe: ``data.data_path`` is reasoning data (GSM8K-format JSONL, a folder with ``train.jsonl``, or a
-hub dataset; ``data.split`` / ``data.limit`` pick the rows), the ``curriculum:`` section picks the schedule
-and CoT kind, the ``ppo:`` section the optimiser, and an optional ``sandbox:`` section the limits of the
-programs a ``kind: program`` policy writes.
+hub dataset; ``data.split`` / ``data.limit`` pick the rows), the ``curriculum:`` section picks the schedule,
+CoT kind and optimiser, the ``ppo:`` or ``grpo:`` section the optimiser's options, and an optional
+``sandbox:`` section the limits of the programs a ``kind: program`` policy writes.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from typing import Any
 
 from mova.data.reasoning import load_reasoning
 from mova.errors import ConfigError
+from mova.registry import Registry
 from mova.rl.curriculum import Schedule, schedule_from_config
 from mova.rl.prompts import PromptRecord
+from mova.trainers.grpo import GrpoTrainer
 from mova.trainers.ppo import PpoTrainer
 from mova.trainers.r3_config import CurriculumConfig
 
@@ -29,12 +35,24 @@ from mova.trainers.r3_config import CurriculumConfig
 DEFAULT_REWARDS = {"cot": "gsm8k_cot", "program": "program_cot"}
 
 
-class R3Trainer(PpoTrainer):
-    """PPO whose prompts are R3 start states drawn from a curriculum schedule."""
+class R3Curriculum:
+    """What R3 changes in an RL trainer (mixed in before it): prompts are start states drawn from a
+    curriculum schedule, and the schedule sees each iteration's reward."""
+
+    section: str
+    ppo: Any
+    rank: int
+    world: int
+    cfg: Any
 
     def __init__(self, cfg: Any):
-        ppo = cfg.section("ppo")
-        kind = cfg.section("curriculum").kind
+        cur = cfg.section("curriculum")
+        other = {"ppo", "grpo"} - {self.section}
+        if other & set(cfg.sections):
+            raise ConfigError(f"curriculum.optimizer is {cur.optimizer}: its options go in a {self.section}: "
+                              f"section, not {', '.join(sorted(other & set(cfg.sections)))}:")
+        ppo = cfg.section(self.section)
+        kind = cur.kind
         if ppo.reward_fn is None and ppo.reward_model is None:
             if kind not in DEFAULT_REWARDS:
                 raise ConfigError(f"curriculum.kind must be one of {sorted(DEFAULT_REWARDS)}, got {kind!r}")
@@ -43,7 +61,7 @@ class R3Trainer(PpoTrainer):
             from mova.rl.reasoning_rewards import set_program_sandbox
 
             set_program_sandbox(cfg.sections["sandbox"])
-        super().__init__(cfg)
+        super().__init__(cfg)  # type: ignore[call-arg]  # the RL trainer after this mixin
 
     def load_records(self) -> list[PromptRecord]:
         cur: CurriculumConfig = self.cfg.section("curriculum")
@@ -73,8 +91,27 @@ class R3Trainer(PpoTrainer):
             self.schedule.load_state_dict(state["schedule"])
 
 
+class R3Trainer(R3Curriculum, PpoTrainer):
+    """PPO whose prompts are R3 start states drawn from a curriculum schedule."""
+
+
+class R3GrpoTrainer(R3Curriculum, GrpoTrainer):
+    """GRPO whose prompts are R3 start states: each start state answered ``grpo.num_generations`` times."""
+
+
+#: ``curriculum.optimizer`` -> the trainer R3 runs on.
+OPTIMIZERS: Registry[type] = Registry("R3 optimiser")
+OPTIMIZERS.register("ppo", R3Trainer)
+OPTIMIZERS.register("grpo", R3GrpoTrainer)
+
+
+def r3_trainer(cfg: Any) -> Any:
+    """The R3 trainer on the optimiser ``curriculum.optimizer`` names."""
+    return OPTIMIZERS[cfg.section("curriculum").optimizer](cfg)
+
+
 def run_r3(cfg: Any) -> dict[str, Any]:
-    """Train with R3 as ``cfg`` says (``curriculum:`` and ``ppo:`` sections); returns the summary."""
-    summary = R3Trainer(cfg).train()
+    """Train with R3 as ``cfg`` says (``curriculum:`` and ``ppo:`` / ``grpo:`` sections); returns the summary."""
+    summary = r3_trainer(cfg).train()
     summary["stage"] = "r3"
     return summary

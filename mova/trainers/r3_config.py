@@ -1,5 +1,6 @@
-"""The ``curriculum:`` section of an R3 recipe (``mova train r3``); the optimiser's options are ``ppo:``'s and
-the program sandbox's limits ``sandbox:``'s (:class:`mova.rl.sandbox.SandboxConfig`)."""
+"""The ``curriculum:`` section of an R3 recipe (``mova train r3``); the optimiser's options are ``ppo:``'s or
+``grpo:``'s (``curriculum.optimizer``) and the program sandbox's limits ``sandbox:``'s
+(:class:`mova.rl.sandbox.SandboxConfig`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class CurriculumConfig:
     schedule: Literal["mixed", "staged", "none"] = "mixed"
     #: cot (natural-language steps) | program (code lines of ``def solution():``, run in the sandbox).
     kind: Literal["cot", "program"] = "cot"
+    #: ppo (PPO with a critic; options in ``ppo:``) | grpo (critic-free group baseline; options in ``grpo:``).
+    optimizer: Literal["ppo", "grpo"] = "ppo"
     seed: int = 0
     #: staged: advance when the mean reward of the last ``window`` updates reaches this.
     threshold: float = 0.7
