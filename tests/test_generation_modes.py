@@ -6,6 +6,8 @@ tensor), a full forward without a KV cache at every step, and each sample genera
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -153,3 +155,22 @@ def test_forward_without_mask_is_not_read_as_packed(setup):
         bare = model(input_ids=one["input_ids"], images=one["images"], use_cache=False).logits
         masked = model(**one, use_cache=False).logits
     torch.testing.assert_close(bare, masked)
+
+
+def test_decoding_step_compiles_as_one_graph(setup):
+    """After the prefill, generate() passes no images, so a decoding step has no data-dependent branch and
+    compiles with ``fullgraph=True`` (tracing only: the ``eager`` backend keeps the test fast on a CPU)."""
+    model, _, batch, _ = setup
+    with torch.no_grad():
+        prefill = model(**batch, use_cache=True)
+        positions = model.compute_position_ids(batch["input_ids"], batch["attention_mask"], batch["images"])
+        ids = torch.cat([batch["input_ids"], prefill.logits[:, -1:].argmax(-1)], 1)
+        mask = torch.cat([batch["attention_mask"], torch.ones(2, 1, dtype=torch.long)], 1)
+        inputs = model.prepare_inputs_for_generation(ids, next_sequence_length=1, cache=prefill.cache,
+                                                     attention_mask=mask, images=batch["images"],
+                                                     position_ids=positions[:, -1:] + 1, use_cache=True)
+        assert "images" not in inputs
+        eager = model(**{**inputs, "cache": copy.deepcopy(prefill.cache)}).logits
+        torch._dynamo.reset()
+        traced = torch.compile(model, fullgraph=True, backend="eager")(**inputs).logits
+    torch.testing.assert_close(traced, eager)

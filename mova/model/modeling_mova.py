@@ -130,11 +130,6 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
                 except (ValueError, ImportError) as e:
                     logger.info("expert %r keeps attention %r: %s", name, module.config._attn_implementation, e)
 
-    def set_attn_implementation(self, attn_implementation: str | dict, **kwargs: Any) -> None:
-        super().set_attn_implementation(attn_implementation, **kwargs)
-        if isinstance(attn_implementation, str):
-            self._set_expert_attention(attn_implementation)
-
     def enable_input_require_grads(self) -> None:
         """Make the LLM's token embeddings output require grad (LoRA / adapters with gradient checkpointing).
 
@@ -316,7 +311,9 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
         image_mask = None
         if input_ids is not None and inputs_embeds is None:
             image_mask = self.image_token_mask(input_ids)
-            if images is None and image_mask.any():
+            # (The check is skipped under torch.compile: a data-dependent branch would break the graph of a
+            # text-only step, e.g. a compiled decoding step, whose images generate() no longer passes.)
+            if images is None and not torch.compiler.is_compiling() and image_mask.any():
                 raise PlaceholderMismatchError("input_ids contain image tokens but no images were given")
         elif inputs_embeds is not None and images:
             image_mask = self.image_token_mask(input_ids, inputs_embeds)
@@ -398,6 +395,10 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
         inputs = super().prepare_inputs_for_generation(
             input_ids, next_sequence_length=next_sequence_length, cache=cache, attention_mask=attention_mask,
             inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs)
+        cache = inputs.get("cache")
+        if not is_first_iteration and cache is not None and cache.get_seq_length() > 0:
+            # Decoding steps hold no image tokens: without images they are text-only (and compilable).
+            inputs.pop("images", None)
         if inputs.get("images") and inputs.get("attention_mask") is None and inputs.get("cache") is None:
             # generate() drops an all-ones mask; without a cache (use_cache=False) transformers would then read
             # the compressed image position ids as packed samples. generate()'s rows are one sample each.
