@@ -18,7 +18,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers.configuration_utils import SubConfigSpec
 from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -433,12 +440,14 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
 
 
 def register_auto_classes() -> None:
-    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` know the ``mova`` model type (idempotent)."""
+    """Make ``AutoConfig``, ``AutoModelForCausalLM`` and ``AutoModelForImageTextToText`` (the class
+    ``pipeline("image-text-to-text")`` loads) know the ``mova`` model type (idempotent)."""
     try:
         AutoConfig.register("mova", MovaConfig)
     except ValueError:
         pass
-    try:
-        AutoModelForCausalLM.register(MovaConfig, MovaForCausalLM)
-    except ValueError:
-        pass
+    for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
+        try:
+            auto.register(MovaConfig, MovaForCausalLM)
+        except ValueError:
+            pass
