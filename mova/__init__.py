@@ -9,9 +9,10 @@ for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
 from mova.model.modeling_mova import MovaConfig, MovaForCausalLM, register_auto_classes  # noqa: E402
-from mova.model.processing_mova import MovaProcessor  # noqa: E402
+from mova.model.processing_mova import MovaProcessor, register_processor  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["MovaConfig", "MovaForCausalLM", "MovaProcessor", "__version__"]
 
 register_auto_classes()
+register_processor()

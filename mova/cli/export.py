@@ -50,12 +50,17 @@ def _verify(folder: Path) -> bool:
         prompt = processor.apply_chat_template([{"role": "user", "content": "<image>\nWhat is in the picture?"}])
         cases = {"text": {"prompt": processor.apply_chat_template([{"role": "user", "content": "Hello!"}]),
                           "images": []},
-                 "image": {"prompt": prompt, "images": [str(path)]}}
+                 "image": {"prompt": prompt, "images": [str(path)]},
+                 "pipeline": {"messages": [{"role": "user", "content": [
+                     {"type": "image", "path": str(path)}, {"type": "text", "text": "\nWhat is in the picture?"}]}]}}
         report = verify_export(folder, model, processor, cases)
     for name, diff in report.max_abs_diff.items():
         print(f"verify {name}: max |logit difference| {diff:.3g}, token ids "
               f"{'equal' if report.ids_equal[name] else 'DIFFER'}, greedy tokens "
               f"{'equal' if report.generated_equal[name] else 'DIFFER'}")
+    for name in sorted(set(report.generated_equal) - set(report.max_abs_diff)):
+        print(f"verify {name}: pipeline('image-text-to-text') reply "
+              f"{'equal' if report.generated_equal[name] else 'DIFFERS'}")
     print(f"verify: loaded as {report.model_class} without Mova")
     return report.ok()
 

@@ -77,7 +77,8 @@ EVAL_TASKS: Registry[tuple[str, TaskFn]] = Registry("evaluation task")
 
 #: modules whose import registers tasks; a module that is not installed or not written yet is skipped.
 TASK_MODULES: list[str] = ["mova.evaluation.vqa_task", "mova.evaluation.safety_task", "mova.evaluation.gsm8k",
-                           "mova.evaluation.trace_task", "mova.evaluation.self_polish_task"]
+                           "mova.evaluation.trace_task", "mova.evaluation.self_polish_task",
+                           "mova.evaluation.benchmark_tasks"]
 
 
 def register_task(name: str, help_text: str) -> Callable[[TaskFn], TaskFn]:

@@ -321,5 +321,5 @@ def auto_map(bundle: Bundle) -> dict[str, str]:
     model = bundle.modules["mova.model.modeling_mova"]
     processor = bundle.modules["mova.model.processing_mova"]
     return {"AutoConfig": f"{model}.MovaConfig", "AutoModelForCausalLM": f"{model}.MovaForCausalLM",
-            "AutoProcessor": f"{processor}.MovaProcessor"}
+            "AutoModelForImageTextToText": f"{model}.MovaForCausalLM", "AutoProcessor": f"{processor}.MovaProcessor"}
 

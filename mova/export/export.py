@@ -7,7 +7,7 @@ The folder holds everything a user of the Hub expects and nothing that needs Mov
   ``AutoProcessor.from_pretrained(folder, trust_remote_code=True)`` work where Mova is not installed;
   with Mova installed the same folder loads through ``mova.model.builder.load_pretrained``;
 * tokenizer files with the chat template written as Jinja (:mod:`mova.export.chat_template`),
-  ``mova_processor.json`` and ``generation_config.json``;
+  ``processor_config.json`` and ``generation_config.json``;
 * ``requirements.txt`` (the libraries the bundled code imports) and ``README.md``, the model card
   (:mod:`mova.export.card`).
 
@@ -138,6 +138,12 @@ def export_model(options: ExportOptions) -> ExportResult:
     config = json.loads(config_path.read_text())
     config["auto_map"] = auto_map(bundle)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    # AutoProcessor reads processor_config.json first: its class name alone (unknown where Mova is not
+    # installed) would stop it before config.json's auto_map.
+    processor_path = out / "processor_config.json"
+    processor_config = json.loads(processor_path.read_text()) if processor_path.is_file() else {}
+    processor_config["auto_map"] = {"AutoProcessor": config["auto_map"]["AutoProcessor"]}
+    processor_path.write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
     (out / "requirements.txt").write_text("\n".join(bundle.requirements.values()) + "\n")
 
     card = CardInputs(

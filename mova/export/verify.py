@@ -34,15 +34,30 @@ class NoMova(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, NoMova())
+import builtins
+
+def no_prompt(*args, **kwargs):
+    # transformers asks "Do you wish to run the custom code?" on a terminal when a loader lost trust_remote_code.
+    raise RuntimeError("a loader asked on the terminal (trust_remote_code was not passed on): " + str(args)[:200])
+
+builtins.input = no_prompt
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, AutoProcessor
+from transformers import AutoModelForCausalLM, AutoProcessor, pipeline
 
 folder, cases_path, out_path = sys.argv[1:4]
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 out = {}
-for name, case in json.loads(open(cases_path).read()).items():
+answers = {}
+cases = json.loads(open(cases_path).read())
+if any(case.get("messages") for case in cases.values()):
+    pipe = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
+for name, case in cases.items():
+    if case.get("messages"):
+        reply = pipe(text=case["messages"], max_new_tokens=4, do_sample=False)
+        answers[name] = reply[0]["generated_text"][-1]["content"]
+        continue
     inputs = processor(case["prompt"], images=case["images"] or None)
     with torch.no_grad():
         logits = model(**inputs).logits
@@ -53,7 +68,8 @@ for name, case in json.loads(open(cases_path).read()).items():
 save_file(out, out_path)
 open(out_path + ".json", "w").write(json.dumps({"model_class": type(model).__module__ + "." + type(model).__name__,
                   "processor_class": type(processor).__module__ + "." + type(processor).__name__,
-                  "mova_modules": sorted(m for m in sys.modules if m == "mova" or m.startswith("mova."))}))
+                  "mova_modules": sorted(m for m in sys.modules if m == "mova" or m.startswith("mova.")),
+                  "answers": answers}))
 '''
 
 
@@ -85,8 +101,8 @@ def run_standalone(folder: str | Path, cases: dict[str, dict[str, Any]], timeout
     with tempfile.TemporaryDirectory(prefix="mova-verify-") as tmp:
         tmp_path = Path(tmp)
         cases_path, out_path = tmp_path / "cases.json", tmp_path / "out.safetensors"
-        resolved = {n: {"prompt": c["prompt"], "images": [str(Path(p).resolve()) for p in c.get("images", [])]}
-                    for n, c in cases.items()}
+        resolved = {n: {"prompt": c.get("prompt"), "images": [str(Path(p).resolve()) for p in c.get("images", [])],
+                        "messages": _resolve_paths(c.get("messages"))} for n, c in cases.items()}
         cases_path.write_text(json.dumps(resolved))
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
         env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -98,14 +114,44 @@ def run_standalone(folder: str | Path, cases: dict[str, dict[str, Any]], timeout
         return load_file(str(out_path)), info
 
 
+def _resolve_paths(messages: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """``messages`` with their image parts' paths made absolute (the standalone process runs elsewhere)."""
+    if not messages:
+        return None
+    out = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, list):
+            content = [{**part, "path": str(Path(part["path"]).resolve())} if part.get("path") else part
+                       for part in content]
+        out.append({**m, "content": content})
+    return out
+
+
+def pipeline_answer(model: Any, processor: Any, messages: list[dict[str, Any]], max_new_tokens: int = 4) -> str:
+    """The reply of ``pipeline("image-text-to-text")`` to a chat (greedy), as a user of the folder runs it."""
+    from transformers import pipeline
+
+    pipe = pipeline("image-text-to-text", model=model, processor=processor)
+    return pipe(text=_resolve_paths(messages), max_new_tokens=max_new_tokens,
+                do_sample=False)[0]["generated_text"][-1]["content"]
+
+
 def verify_export(folder: str | Path, model: Any, processor: Any, cases: dict[str, dict[str, Any]],
                   timeout: float = 300) -> VerifyReport:
-    """Compare Mova's ``model`` / ``processor`` with the standalone load of ``folder`` on ``cases``."""
+    """Compare Mova's ``model`` / ``processor`` with the standalone load of ``folder`` on ``cases``.
+
+    A case is ``{"prompt", "images"}`` (ids, logits and 4 greedy tokens compared) or ``{"messages"}``, a chat
+    with image parts answered by ``pipeline("image-text-to-text")`` on both sides (the replies compared).
+    """
     outputs, info = run_standalone(folder, cases, timeout)
     if info["mova_modules"]:
         raise VerifyError(f"the standalone process imported {info['mova_modules']}")
     diffs, ids_equal, generated_equal = {}, {}, {}
     for name, case in cases.items():
+        if case.get("messages"):
+            generated_equal[name] = pipeline_answer(model, processor, case["messages"]) == info["answers"][name]
+            continue
         inputs = processor(case["prompt"], images=[str(p) for p in case.get("images", [])] or None)
         with torch.no_grad():
             logits = model(**inputs).logits.float()

@@ -81,6 +81,7 @@ def build_mova_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | Non
     mcfg = MovaConfig(text_config=tcfg, experts=experts, fusion=to_dict(cfg.fusion), image_token_id=image_token_id,
                       template=cfg.template)
     mcfg.text_config._attn_implementation = cfg.attn_implementation
+    mcfg._attn_implementation = cfg.attn_implementation  # the experts that are transformers models follow it
     return mcfg
 
 

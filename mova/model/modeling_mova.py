@@ -13,21 +13,34 @@ go straight to the wrapped LLM and behave exactly like it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers.configuration_utils import SubConfigSpec
+from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 
 from mova.config import ExpertConfig, FusionConfig
 from mova.errors import PlaceholderMismatchError
 from mova.model.experts import build_expert
 from mova.model.fusion import VisualTokens, build_fusion, build_layout
+from mova.model.image_batch import expand_images, images_per_sample
 from mova.model.layout import BlockSpec, VisualLayout
 from mova.model.packing import packed_attention_inputs
 from mova.model.positions import position_ids_from_layout
+
+logger = logging.getLogger(__name__)
 
 #: keys of ``MovaConfig.experts`` entries that are measured shapes, not ``ExpertConfig`` fields.
 SHAPE_KEYS = ("grid", "num_prefix_tokens", "hidden_size", "input_kind")
@@ -78,7 +91,8 @@ class MovaConfig(PreTrainedConfig):
 class MovaPreTrainedModel(PreTrainedModel):
     config: MovaConfig
     config_class = MovaConfig
-    base_model_prefix = "mova"
+    #: the model is its own base (there is no headless variant), so ``model.base_model`` is the model.
+    base_model_prefix = ""
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
@@ -103,6 +117,40 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
         self.fusion = build_fusion(config.blocks(), config.text_config.hidden_size, config.fusion_options())
         self.layout = config.layout()
         self.post_init()
+        self._set_expert_attention(config._attn_implementation)
+
+    def _set_expert_attention(self, implementation: str | None) -> None:
+        """Give the experts that are transformers models the requested attention implementation.
+
+        ``from_pretrained(attn_implementation=...)`` reaches the LLM through ``text_config``; experts are
+        built from Mova's own configs, so the request is passed on here. An expert that does not support it
+        (e.g. LayoutLMv3 has no flash-attention path) keeps its default, as transformers' composite models do.
+        """
+        if not implementation:
+            return
+        for name, expert in self.experts.items():
+            for module in expert.modules():
+                if not isinstance(module, PreTrainedModel) or module.config._attn_implementation == implementation:
+                    continue
+                try:
+                    module.set_attn_implementation(implementation)
+                except (ValueError, ImportError) as e:
+                    logger.info("expert %r keeps attention %r: %s", name, module.config._attn_implementation, e)
+
+    def enable_input_require_grads(self) -> None:
+        """Make the LLM's token embeddings output require grad (LoRA / adapters with gradient checkpointing).
+
+        Only the LLM has text embeddings: the experts are frozen image encoders (transformers' generic
+        version would ask LayoutLMv3's visual branch for word embeddings it does not have), and the visual
+        tokens come from the trainable fusion network, so they carry grad already.
+        """
+        self.language_model.enable_input_require_grads()
+        self._require_grads_hooks = self.language_model._require_grads_hooks
+        self._require_grads_hook = self._require_grads_hooks[0] if self._require_grads_hooks else None
+
+    def disable_input_require_grads(self) -> None:
+        self.language_model.disable_input_require_grads()
+        self._require_grads_hooks = []
 
     # --- embeddings plumbing (transformers' resize / tie / generation helpers use these) -------
     def get_input_embeddings(self) -> nn.Module:
@@ -172,34 +220,70 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
                 features[name] = expert(pixels)
         return self.fusion(features, ocr_inputs, self.get_input_embeddings(), num_images)
 
-    def visual_layout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      images: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token ``(local, advance)`` of a whole batch: 0/1 for text, the layout for image tokens."""
-        image_mask = input_ids == self.config.image_token_id
+    def image_token_mask(self, input_ids: torch.Tensor | None = None,
+                         inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L]``, True on image-token slots: read off ``input_ids`` or, when only ``inputs_embeds`` are
+        given, found as the rows equal to the image token's embedding (as transformers' VLMs do)."""
+        if input_ids is not None and (inputs_embeds is None or input_ids.shape[:2] == inputs_embeds.shape[:2]):
+            return input_ids == self.config.image_token_id
+        if inputs_embeds is None:
+            raise ValueError("give input_ids or inputs_embeds")
+        token = torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+        image_embed = self.get_input_embeddings()(token).to(inputs_embeds.dtype)
+        return (inputs_embeds == image_embed).all(-1)
+
+    def visual_layout(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                      images: dict[str, torch.Tensor] | None,
+                      image_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token ``(local, advance)`` of a whole batch: 0/1 for text, the layout for image tokens.
+
+        ``attention_mask`` counts only as a 2-D padding mask (a 4-D one, as a static cache gets, says
+        nothing about which tokens are padding); ``image_mask`` replaces ``input_ids`` for embeddings input.
+        """
+        if image_mask is None:
+            image_mask = self.image_token_mask(input_ids)
         num_images = self._num_images(images)
         vis_local, vis_adv = self.layout.batch(self._ocr_lengths(images, num_images))
         found = int(image_mask.sum())
         if found != vis_local.numel():
             raise PlaceholderMismatchError(
-                f"input_ids hold {found} image tokens but the {num_images} image(s) given make "
-                f"{vis_local.numel()} visual tokens; build inputs with MovaProcessor (beam search and "
-                "num_return_sequences > 1 do not expand images)")
-        advance = attention_mask.long().clone() if attention_mask is not None else torch.ones_like(input_ids)
-        local = torch.zeros_like(input_ids)
-        local[image_mask] = vis_local.to(input_ids.device)
-        advance[image_mask] = vis_adv.to(input_ids.device)
+                f"the inputs hold {found} image tokens but the {num_images} image(s) given make "
+                f"{vis_local.numel()} visual tokens; build inputs with MovaProcessor")
+        if attention_mask is not None and attention_mask.dim() == 2:
+            advance = attention_mask.long().clone()
+        else:
+            advance = torch.ones(image_mask.shape, dtype=torch.long, device=image_mask.device)
+        local = torch.zeros_like(advance)
+        local[image_mask] = vis_local.to(advance.device)
+        advance[image_mask] = vis_adv.to(advance.device)
         return local, advance
 
-    def compute_position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                             images: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def compute_position_ids(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
+                             images: dict[str, torch.Tensor] | None = None,
+                             image_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Position ids under the experts' schemes; padding (mask 0) gets 0 and advances nothing."""
-        local, advance = self.visual_layout(input_ids, attention_mask, images)
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError("position ids of image tokens need the 2-D padding mask; with a 4-D attention mask "
+                             "pass position_ids (compute_position_ids(input_ids, padding_mask, images))")
+        local, advance = self.visual_layout(input_ids, attention_mask, images, image_mask)
         pos = position_ids_from_layout(local, advance)
         if attention_mask is not None:
             pos = pos.masked_fill(attention_mask == 0, 0)
         return pos
 
+    def images_per_sample(self, image_mask: torch.Tensor, images: dict[str, torch.Tensor]) -> list[int]:
+        """How many of ``images``' rows each sample holds (from its image tokens; OCR images vary in size)."""
+        lengths = self._ocr_lengths(images, self._num_images(images))
+        return images_per_sample(image_mask, [self.layout.num_tokens(o) for o in lengths])
+
+    def merge_image_embeds(self, inputs_embeds: torch.Tensor, image_mask: torch.Tensor,
+                           images: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``inputs_embeds`` with the fusion network's visual tokens in the image-token slots."""
+        visual = self.encode_images(images)
+        return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), visual.embeds.to(inputs_embeds.dtype))
+
     # --- forward / generate ---------------------------------------------------------------------
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -217,6 +301,9 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """Like the wrapped LLM's forward, plus ``images`` for the ``<image>`` tokens in ``input_ids``.
 
+        ``inputs_embeds`` may stand in for ``input_ids``: the image-token slots (rows equal to the image
+        token's embedding) receive the visual tokens, as with ids.
+
         When continuing a KV cache by hand, pass ``position_ids`` (``generate()`` does this for you):
         with compressed schemes the next id is not the cache length.
 
@@ -226,25 +313,32 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
         ``branch_ids`` (with ``sequence_ids``) makes each sample a shared prompt (branch 0) followed by
         responses that see the prompt but not each other: a DPO pair scored in one pass.
         """
-        if "past_key_values" in kwargs:
-            cache = kwargs.pop("past_key_values")
         if sequence_ids is not None:
             self._check_packed(sequence_ids, position_ids, cache)
-        if inputs_embeds is None and input_ids is not None:
-            image_mask = input_ids == self.config.image_token_id
-            if image_mask.any():
-                if images is None:
-                    raise PlaceholderMismatchError("input_ids contain image tokens but no images were given")
-                if position_ids is None:
-                    position_ids = self.compute_position_ids(input_ids, attention_mask, images)
-                else:
-                    self.visual_layout(input_ids, attention_mask, images)  # validates the token count
-                visual = self.encode_images(images)
-                embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
-                inputs_embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual.embeds.to(embeds.dtype))
-                input_ids = None
-                if labels is not None:
-                    labels = labels.masked_fill(image_mask, -100)
+        image_mask = None
+        if input_ids is not None and inputs_embeds is None:
+            image_mask = self.image_token_mask(input_ids)
+            # (The check is skipped under torch.compile: a data-dependent branch would break the graph of a
+            # text-only step, e.g. a compiled decoding step, whose images generate() no longer passes.)
+            if images is None and not torch.compiler.is_compiling() and image_mask.any():
+                raise PlaceholderMismatchError("input_ids contain image tokens but no images were given")
+        elif inputs_embeds is not None and images:
+            image_mask = self.image_token_mask(input_ids, inputs_embeds)
+        if image_mask is not None and images and image_mask.any():
+            if position_ids is None:
+                position_ids = self.compute_position_ids(input_ids, attention_mask, images, image_mask)
+                if attention_mask is None and cache is None and sequence_ids is None:
+                    # One sample per row. Without a mask and a cache, transformers reads every position id that
+                    # does not step by one as the start of a packed sample, and compressed ids repeat or jump.
+                    attention_mask = torch.ones_like(image_mask, dtype=torch.long)
+            else:
+                self.visual_layout(input_ids, attention_mask, images, image_mask)  # validates the token count
+            if inputs_embeds is None:
+                inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
+            inputs_embeds = self.merge_image_embeds(inputs_embeds, image_mask, images)
+            input_ids = None
+            if labels is not None:
+                labels = labels.masked_fill(image_mask, -100)
         if sequence_ids is not None:
             dtype = inputs_embeds.dtype if inputs_embeds is not None else self.get_input_embeddings().weight.dtype
             packed = packed_attention_inputs(sequence_ids, self.language_model.config._attn_implementation, dtype,
@@ -276,22 +370,84 @@ class MovaForCausalLM(MovaPreTrainedModel, GenerationMixin):
             raise ValueError(f"sequence_ids has shape {tuple(sequence_ids.shape)} but position_ids "
                              f"{tuple(position_ids.shape)}; both are [batch, length]")
 
+    def _generation_image_mask(self, inputs_tensor: torch.Tensor | None, model_kwargs: dict) -> torch.Tensor | None:
+        """The prompt's image-token mask as ``generate()`` holds it (ids, or embeddings, or both)."""
+        if not model_kwargs.get("images"):
+            return None
+        ids = model_kwargs.get("input_ids")
+        if ids is None and inputs_tensor is not None and not inputs_tensor.is_floating_point():
+            ids = inputs_tensor
+        embeds = model_kwargs.get("inputs_embeds")
+        if embeds is None and inputs_tensor is not None and inputs_tensor.is_floating_point():
+            embeds = inputs_tensor
+        if ids is not None and ids.shape[-1] == 0:
+            ids = None
+        if ids is None and embeds is None:
+            return None
+        return self.image_token_mask(ids, embeds)
+
     def _prepare_position_ids_for_generation(self, inputs_tensor: torch.Tensor, model_kwargs: dict) -> torch.Tensor:
         # generate() builds prompt position ids from the attention mask alone, which is wrong for a
         # compressed scheme; later steps extend the last id by one, which the layout makes correct.
-        images = model_kwargs.get("images")
-        if images and inputs_tensor.dtype == torch.long and (inputs_tensor == self.config.image_token_id).any():
-            return self.compute_position_ids(inputs_tensor, model_kwargs.get("attention_mask"), images)
+        image_mask = self._generation_image_mask(inputs_tensor, model_kwargs)
+        if image_mask is not None and image_mask.any():
+            return self.compute_position_ids(None, model_kwargs.get("attention_mask"), model_kwargs["images"],
+                                             image_mask)
         return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, next_sequence_length: int | None = None,
+                                      cache: Any = None, attention_mask: torch.Tensor | None = None,
+                                      inputs_embeds: torch.Tensor | None = None,
+                                      is_first_iteration: bool | None = False, **kwargs: Any) -> dict:
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, next_sequence_length=next_sequence_length, cache=cache, attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs)
+        cache = inputs.get("cache")
+        if not is_first_iteration and cache is not None and cache.get_seq_length() > 0:
+            # Decoding steps hold no image tokens: without images they are text-only (and compilable).
+            inputs.pop("images", None)
+        if inputs.get("images") and inputs.get("attention_mask") is None and inputs.get("cache") is None:
+            # generate() drops an all-ones mask; without a cache (use_cache=False) transformers would then read
+            # the compressed image position ids as packed samples. generate()'s rows are one sample each.
+            shape = (inputs["inputs_embeds"] if inputs.get("inputs_embeds") is not None else inputs["input_ids"]).shape
+            inputs["attention_mask"] = torch.ones(shape[:2], dtype=torch.long, device=self.device)
+        return inputs
+
+    def _get_logits_processor(self, generation_config: Any, *args: Any, **kwargs: Any) -> Any:
+        # A generated image token would be a placeholder without an image (the next step, or prompt-lookup
+        # and assisted candidates copied from the prompt, would fail the token count): never sample it.
+        processors = super()._get_logits_processor(generation_config, *args, **kwargs)
+        if self.config.image_token_id not in (generation_config.suppress_tokens or []):
+            device = kwargs.get("device") or self.device
+            processors.append(SuppressTokensLogitsProcessor([self.config.image_token_id], device=device))
+        return processors
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False,
+                                      input_ids: torch.LongTensor | None = None,
+                                      **model_kwargs: Any) -> tuple[torch.LongTensor, dict[str, Any]]:
+        # Beam search and num_return_sequences repeat each sample; its images must be repeated with it,
+        # and generate() only repeats top-level tensors (images is a dict with one row per image).
+        images = model_kwargs.pop("images", None)
+        if images and expand_size > 1:
+            image_mask = self._generation_image_mask(input_ids, {**model_kwargs, "images": images})
+            if image_mask is not None:
+                images = expand_images(images, self.images_per_sample(image_mask, images), expand_size)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs)
+        if images is not None:
+            model_kwargs["images"] = images
+        return input_ids, model_kwargs
 
 
 def register_auto_classes() -> None:
-    """Make ``AutoConfig`` / ``AutoModelForCausalLM`` know the ``mova`` model type (idempotent)."""
+    """Make ``AutoConfig``, ``AutoModelForCausalLM`` and ``AutoModelForImageTextToText`` (the class
+    ``pipeline("image-text-to-text")`` loads) know the ``mova`` model type (idempotent)."""
     try:
         AutoConfig.register("mova", MovaConfig)
     except ValueError:
         pass
-    try:
-        AutoModelForCausalLM.register(MovaConfig, MovaForCausalLM)
-    except ValueError:
-        pass
+    for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
+        try:
+            auto.register(MovaConfig, MovaForCausalLM)
+        except ValueError:
+            pass

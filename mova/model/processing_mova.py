@@ -17,29 +17,37 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
 
-from mova.errors import ImageLoadError, PlaceholderMismatchError, SequenceTooLongError
+from mova.errors import ConfigError, ImageLoadError, PlaceholderMismatchError, SequenceTooLongError
 from mova.model.experts import build_expert
 from mova.model.experts.base import to_rgb
 from mova.model.layout import VisualLayout
 from mova.model.modeling_mova import MovaConfig
 from mova.model.positions import position_ids_from_layout
-from mova.model.templates import IMAGE_PLACEHOLDER, render_text
+from mova.model.templates import IMAGE_PLACEHOLDER, content_text, render_text
 
 logger = logging.getLogger(__name__)
 
-PROCESSOR_FILE = "mova_processor.json"
+#: the processor's own options (transformers' file name); checkpoints saved before used :data:`LEGACY_FILE`.
+PROCESSOR_FILE = "processor_config.json"
+LEGACY_FILE = "mova_processor.json"
 #: ``from_pretrained`` options meant for loading files, not for the processor itself.
 HUB_KWARGS = ("trust_remote_code", "cache_dir", "revision", "token", "local_files_only", "force_download",
               "subfolder")
 ImageInput = Image.Image | str | Path
+#: keys of a chat message's image part that may hold the image (transformers' names).
+IMAGE_PART_KEYS = ("image", "path", "url")
 
 
 def load_image(image: ImageInput) -> Image.Image:
     """Open a path (or pass a PIL image through) as RGB, with an error naming a bad file."""
     if isinstance(image, Image.Image):
         return to_rgb(image)
+    if isinstance(image, str) and image.startswith(("http://", "https://", "data:")):
+        from transformers.image_utils import load_image as load_remote_image
+
+        return to_rgb(load_remote_image(image))
     path = Path(image)
     if not path.is_file():
         raise ImageLoadError(f"image file not found: {path}")
@@ -69,14 +77,35 @@ def sample_position_ids(input_ids: torch.Tensor, layout: VisualLayout, image_tok
     return position_ids_from_layout(local, advance)
 
 
-class MovaProcessor:
-    """Prepare ``(text, images)`` for :class:`~mova.model.modeling_mova.MovaForCausalLM`."""
+def chat_images(messages: list[dict[str, Any]]) -> list[ImageInput]:
+    """The images of a chat's ``{"type": "image", "image" | "path" | "url": ...}`` parts, in order."""
+    found = []
+    for m in messages:
+        content = m.get("content", m.get("value"))
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "image":
+                source = next((part[k] for k in IMAGE_PART_KEYS if part.get(k) is not None), None)
+                if source is None:
+                    raise PlaceholderMismatchError(f"image part {part!r} names no image (keys {IMAGE_PART_KEYS})")
+                found.append(source)
+    return found
+
+
+class MovaProcessor(ProcessorMixin):
+    """Prepare ``(text, images)`` for :class:`~mova.model.modeling_mova.MovaForCausalLM`.
+
+    A transformers ``ProcessorMixin``: its one sub-processor is the tokenizer (the image transforms are built
+    from the model's config, read from the same folder), it saves ``processor_config.json`` and loads through
+    ``AutoProcessor``, and it takes chat messages whose content is a list of image / text parts, as
+    ``pipeline("image-text-to-text")`` passes them.
+    """
 
     #: images become visual tokens (a :class:`~mova.model.processing_text.TextProcessor` has none).
     multimodal = True
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: MovaConfig, padding_side: str = "left"):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: MovaConfig, padding_side: str = "left",
+                 chat_template: str | None = None):
+        super().__init__(tokenizer, chat_template=chat_template)
         self.config = config
         self.padding_side = padding_side
         self.layout = config.layout()
@@ -93,33 +122,53 @@ class MovaProcessor:
         self._warned_ocr_cap = False
 
     # --- persistence ---------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(path)
-        (path / PROCESSOR_FILE).write_text(json.dumps({"padding_side": self.padding_side}, indent=2) + "\n")
+    def to_dict(self) -> dict[str, Any]:
+        """``processor_config.json``: the processor's own options (the model config is saved with the model)."""
+        return {"processor_class": type(self).__name__, "padding_side": self.padding_side}
+
+    def save_pretrained(self, path: str | Path, **kwargs: Any) -> list[str]:
+        return super().save_pretrained(str(path), **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, config: MovaConfig | None = None, **kwargs: Any) -> MovaProcessor:
-        # AutoProcessor (a released folder loaded with trust_remote_code) passes loading options along.
+        # AutoProcessor (and pipeline()) pass loading options along. trust_remote_code must reach the config
+        # and tokenizer loaders: a released folder's config.json has an auto_map, and without it they prompt.
         hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
-        hub.pop("trust_remote_code", None)
-        kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}  # its markers, e.g. _from_auto
         path = Path(path)
         config = config or MovaConfig.from_pretrained(path, **hub)
-        options = json.loads((path / PROCESSOR_FILE).read_text()) if (path / PROCESSOR_FILE).is_file() else {}
-        options.update(kwargs)
+        options: dict[str, Any] = {}
+        for name in (LEGACY_FILE, PROCESSOR_FILE):
+            if (path / name).is_file():
+                options.update({k: v for k, v in json.loads((path / name).read_text()).items() if k == "padding_side"})
+        options.update({k: v for k, v in kwargs.items() if k in ("padding_side", "chat_template")})
         return cls(AutoTokenizer.from_pretrained(path, **hub), config, **options)
-
-    @classmethod
-    def register_for_auto_class(cls, auto_class: str = "AutoProcessor") -> None:
-        """Called by ``AutoProcessor`` on a released folder's code (``mova export`` writes ``auto_map``)."""
-        cls._auto_class = auto_class
 
     # --- templates -----------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-                            template: str | None = None) -> str:
-        return render_text(template or self.template, messages, self.tokenizer, add_generation_prompt)
+                            template: str | None = None, *, tokenize: bool = False, return_dict: bool = False,
+                            continue_final_message: bool = False, processor_kwargs: dict[str, Any] | None = None,
+                            **_: Any) -> Any:
+        """The prompt of ``messages`` under Mova's chat template, or with ``tokenize`` its model inputs.
+
+        Content is a string with ``<image>`` placeholders or a list of ``{"type": "image", "image" | "path" |
+        "url": ...}`` / ``{"type": "text", "text": ...}`` parts, whose images ``tokenize`` loads and processes.
+        ``continue_final_message`` leaves the final message open so that the answer continues it. Other options
+        transformers passes (Jinja variables, ``return_tensors``) do not apply to Mova's templates.
+        """
+        name = template or self.template
+        if continue_final_message:
+            text = render_text(name, messages, self.tokenizer, add_generation_prompt=False)
+            final = content_text(messages[-1].get("content", messages[-1].get("value")))
+            cut = text.rfind(final) if final else -1
+            if cut < 0:
+                raise ConfigError("continue_final_message: the final message's text is not in the rendered prompt")
+            text = text[: cut + len(final)]
+        else:
+            text = render_text(name, messages, self.tokenizer, add_generation_prompt)
+        if not tokenize:
+            return text
+        inputs = self(text, images=chat_images(messages) or None, **(processor_kwargs or {}))
+        return inputs if return_dict else inputs["input_ids"]
 
     # --- images --------------------------------------------------------------------------------
     def words_to_tokens(self, name: str, words: list[Any]) -> tuple[list[int], list[list[float]]]:
@@ -237,18 +286,22 @@ class MovaProcessor:
 
     def __call__(
         self,
-        text: str | list[str],
+        text: str | list[str] | None = None,
         images: Any = None,
         padding_side: str | None = None,
         add_special_tokens: bool = True,
-        return_tensors: str = "pt",
+        return_tensors: str | None = "pt",
+        **_: Any,
     ) -> BatchFeature:
         """Tokenize ``text`` (one prompt or a batch), expanding each ``<image>`` for its image.
 
         ``images``: one image, a flat list consumed in placeholder order across the batch, or one list
         per sample. Each image is a PIL image or a file path. Returns ``input_ids``, ``attention_mask``
-        and ``images`` (a dict of tensors; absent when no sample has an image).
+        and ``images`` (a dict of tensors; absent when no sample has an image). Batches are always padded;
+        ``padding`` and the other tokenizer options transformers' callers pass are accepted and ignored.
         """
+        if text is None:
+            raise PlaceholderMismatchError("MovaProcessor needs text, with an <image> placeholder per image")
         texts = [text] if isinstance(text, str) else list(text)
         grouped = self._group_images(texts, images)
         flat = [load_image(img) for group in grouped for img in group]
@@ -275,7 +328,7 @@ class MovaProcessor:
         data: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
         if flat:
             data["images"] = pixel_batch
-        return BatchFeature(data=data, tensor_type=None if return_tensors == "pt" else return_tensors)
+        return BatchFeature(data=data, tensor_type=None if return_tensors in ("pt", None) else return_tensors)
 
     def _check_length(self, index: int, ids: list[int], ocr_lengths: list[tuple[int, ...]]) -> None:
         limit = self.config.max_positions
@@ -316,3 +369,13 @@ class MovaProcessor:
 
     def batch_decode(self, ids: torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def register_processor() -> None:
+    """Make ``AutoProcessor`` build a :class:`MovaProcessor` for a ``mova`` checkpoint (idempotent)."""
+    from transformers import AutoProcessor
+
+    try:
+        AutoProcessor.register(MovaConfig, MovaProcessor)
+    except ValueError:
+        pass

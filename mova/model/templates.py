@@ -32,15 +32,35 @@ class Segment:
     is_target: bool = False
 
 
+def content_text(content: Any) -> Any:
+    """A message's content as text: a list of ``{"type": "image"}`` / ``{"type": "text", "text": ...}`` parts
+    (transformers' multimodal form) becomes the parts joined as they are, each image part an ``<image>``
+    placeholder, as the exported Jinja templates (:mod:`mova.export.chat_template`) render them. Anything else
+    is returned unchanged."""
+    if not isinstance(content, list):
+        return content
+    pieces = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image":
+            pieces.append(IMAGE_PLACEHOLDER)
+        elif kind == "text":
+            pieces.append(str(part.get("text", "")))
+        else:
+            raise ConfigError(f"message part {part!r}: expected {{'type': 'image'}} or {{'type': 'text', 'text': ...}}")
+    return "".join(pieces)
+
+
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Accept role/content or LLaVA from/value messages; return role/content with canonical roles."""
+    """Accept role/content or LLaVA from/value messages (content a string or a list of image / text parts);
+    return role/content with canonical roles and string content."""
     out = []
     for i, m in enumerate(messages):
         role = m.get("role", m.get("from"))
-        content = m.get("content", m.get("value"))
+        content = content_text(m.get("content", m.get("value")))
         if role not in ROLE_ALIASES or not isinstance(content, str):
             raise ConfigError(f"message {i} has role {role!r} and content of type {type(content).__name__}; "
-                              f"expected a role in {sorted(ROLE_ALIASES)} and a string")
+                              f"expected a role in {sorted(ROLE_ALIASES)} and a string or a list of parts")
         out.append({"role": ROLE_ALIASES[role], "content": content})
     return out
 
