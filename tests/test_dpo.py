@@ -198,8 +198,11 @@ def test_step0_loss_and_margins_match_trl(tmp_path, loss_type):
     args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, beta=0.2,
                          loss_type=[loss_type], report_to=[], use_cpu=True, max_length=None, bf16=False,
                          gradient_checkpointing=False)
+    # TRL tokenizes the prompt as it is; Mova puts the tiny tokenizer's start token before it (one start
+    # token, as in generation): TRL gets it written into its prompts.
+    trl_rows = [{**r, "prompt": tok.bos_token + r["prompt"]} for r in TEXT_ROWS]
     trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=args, processing_class=tok,
-                             train_dataset=Dataset.from_list(TEXT_ROWS))
+                             train_dataset=Dataset.from_list(trl_rows))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(TEXT_ROWS))])
     batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     with torch.no_grad():

@@ -88,7 +88,7 @@ def test_every_step_of_a_padded_plain_lm_batch_matches_each_sample_alone(text_lm
         assert_steps_match(batched[i], alone, f"prompt {i}")
     # the recorded logits are each step's real logits: one forward pass over prompt + greedy answer gives them
     prompt = build_prompts(tok, conversations[1:2])[0]
-    ids = tok(prompt, add_special_tokens=not prompt.startswith(tok.bos_token)).input_ids
+    ids = [tok.bos_token_id] + tok(prompt, add_special_tokens=False).input_ids  # one start token, as in training
     answer = batched[1].step_logits.argmax(-1).tolist()
     with torch.no_grad():
         full = model(torch.tensor([ids + answer])).logits[0, len(ids) - 1:len(ids) - 1 + len(answer)]

@@ -16,7 +16,7 @@ from mova.cli.command import Command
 from mova.errors import MovaError
 
 #: the command modules, in the order ``mova -h`` lists them.
-COMMAND_MODULES = ("model_info", "demo", "train", "eval", "cache", "export", "polish", "rm_strength")
+COMMAND_MODULES = ("model_info", "fetch_model", "demo", "train", "eval", "cache", "export", "polish", "rm_strength")
 
 
 def commands() -> dict[str, Command]:

@@ -111,6 +111,8 @@ def add_gsm8k_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=8, help="number of few-shot examples (0: zero-shot)")
     p.add_argument("--extract", default="gsm8k", help="cot answer extraction: gsm8k | strict | flexible | answer_is")
     p.add_argument("--template", default=None, help="prompt template with {question} (default: the R3 format)")
+    p.add_argument("--chat-template", action="store_true",
+                   help="put each prompt to the model as one user turn of its chat template (instruct models)")
     p.add_argument("--limit", type=int, default=None, help="first N questions")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -129,14 +131,16 @@ def run_gsm8k(args: argparse.Namespace) -> int:
     from mova.inference.generation import load_model
 
     config = Gsm8kConfig(data=args.data, split=args.split, kind=args.kind, fewshot=args.fewshot, shots=args.shots,
-                         extract=args.extract, template=args.template, max_new_tokens=args.max_new_tokens,
+                         extract=args.extract, template=args.template, chat_template=args.chat_template,
+                         max_new_tokens=args.max_new_tokens,
                          stop=args.stop or ["Question:"], limit=args.limit, program_timeout_s=args.program_timeout)
     records = load_reasoning(config.data, split=config.split, limit=config.limit)
     start = time.monotonic()
     model, processor = load_model(args.model, device=args.device, dtype=args.dtype, what="--model")
     backend = TransformersBackend(model, processor, batch_size=args.batch_size, progress=not args.no_progress)
     out_dir = Path(args.out_dir)
-    metrics = evaluate_gsm8k(backend_generate(backend), records, config, out_dir / "samples.jsonl")
+    metrics = evaluate_gsm8k(backend_generate(backend, chat_template=config.chat_template), records, config,
+                             out_dir / "samples.jsonl")
     results = {"model": args.model, "data": args.data, "split": args.split, "kind": args.kind,
                "shots": args.shots, "metrics": metrics, "seconds": round(time.monotonic() - start, 2)}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

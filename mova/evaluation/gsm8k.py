@@ -66,6 +66,8 @@ class Gsm8kConfig:
     extract: str = "gsm8k"
     #: prompt template with {question} (None: the kind's R3 default)
     template: str | None = None
+    #: put each few-shot prompt to the model as one user turn of its tokenizer's chat template (instruct models)
+    chat_template: bool = False
     max_new_tokens: int = 256
     stop: list[str] = field(default_factory=lambda: ["Question:"])
     limit: int | None = None
@@ -200,12 +202,16 @@ def evaluate_gsm8k(generate: Generate, records: Sequence[ReasoningRecord], confi
     return metrics
 
 
-def backend_generate(backend: Any, desc: str = "gsm8k") -> Generate:
-    """A :data:`Generate` over a :class:`mova.inference.GenerationBackend` (greedy)."""
+def backend_generate(backend: Any, desc: str = "gsm8k", chat_template: bool = False) -> Generate:
+    """A :data:`Generate` over a :class:`mova.inference.GenerationBackend` (greedy); with ``chat_template`` each
+    prompt goes in as one user turn of the model's chat template (:func:`~mova.model.templates.user_turn_prompt`)."""
     from mova.inference.sampling import SamplingParams
+    from mova.model.templates import user_turn_prompt
 
     def generate(prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
         params = SamplingParams(max_new_tokens=max_new_tokens, stop=stop)
+        if chat_template:
+            prompts = [user_turn_prompt(backend.processor.tokenizer, p) for p in prompts]
         return [g.text for g in backend.generate(prompts, params=params, desc=desc)]
 
     return generate
@@ -222,4 +228,4 @@ def gsm8k_task(ctx: TaskContext) -> dict[str, float]:
     config = config_from_options(dict(ctx.options), max_new_tokens=ctx.max_new_tokens, limit=ctx.limit)
     records = load_reasoning(config.data, split=config.split, limit=config.limit)
     out = ctx.out_dir / "gsm8k.jsonl" if ctx.is_main else None
-    return evaluate_gsm8k(backend_generate(ctx.backend()), records, config, out)
+    return evaluate_gsm8k(backend_generate(ctx.backend(), chat_template=config.chat_template), records, config, out)

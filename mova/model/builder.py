@@ -49,7 +49,9 @@ def text_config(cfg: ModelConfig) -> PreTrainedConfig:
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The LLM's tokenizer with an ``<image>`` special token and a pad token."""
-    source = cfg.llm.tokenizer or cfg.llm.name_or_path
+    from mova.model.known_models import resolve_known
+
+    source = resolve_known(cfg.llm.tokenizer or cfg.llm.name_or_path)
     if not source:
         raise ConfigError("llm: no tokenizer (set llm.tokenizer or llm.name_or_path)")
     tok = AutoTokenizer.from_pretrained(source)
@@ -91,7 +93,10 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> tuple[MovaForCau
     mcfg = build_mova_config(cfg, tokenizer)
     llm = None
     if load_weights and cfg.llm.name_or_path:
-        llm = AutoModelForCausalLM.from_pretrained(cfg.llm.name_or_path, dtype=torch_dtype(cfg.dtype),
+        from mova.model.checkpoints import resolve_checkpoint
+
+        llm = AutoModelForCausalLM.from_pretrained(resolve_checkpoint(cfg.llm.name_or_path, "llm.name_or_path"),
+                                                   dtype=torch_dtype(cfg.dtype),
                                                    attn_implementation=cfg.attn_implementation)
         if llm.get_input_embeddings().num_embeddings < len(tokenizer):
             llm.resize_token_embeddings(len(tokenizer))

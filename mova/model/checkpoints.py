@@ -40,13 +40,17 @@ def producing_recipe(ref: str | Path) -> tuple[str, Path] | None:
 
 
 def resolve_checkpoint(ref: str | Path, what: str = "model") -> str:
-    """``ref`` as a loadable reference: an existing local folder, or a hub id left for transformers.
+    """``ref`` as a loadable reference: an existing local folder, or a hub id left for transformers. The name of
+    a known model (:mod:`mova.model.known_models`, e.g. ``smollm2-135m-instruct``) becomes its cache folder,
+    fetched first when needed.
 
     Raises :class:`ConfigError` naming ``what`` (``init_from``, ``--model``, ...) and the missing path (and
     the recipe that writes it, when a repository recipe does) for a local path that does not exist, and for a
     hub id that is neither a local folder nor in the local cache while downloads are off (``HF_HUB_OFFLINE``).
     """
-    text = str(ref)
+    from mova.model.known_models import resolve_known
+
+    text = resolve_known(ref) or str(ref)
     path = Path(text).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

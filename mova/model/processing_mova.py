@@ -25,6 +25,7 @@ from mova.model.experts.base import to_rgb
 from mova.model.layout import VisualLayout
 from mova.model.modeling_mova import MovaConfig
 from mova.model.positions import position_ids_from_layout
+from mova.model.start_token import start_ids
 from mova.model.templates import IMAGE_PLACEHOLDER, content_text, render_text
 
 logger = logging.getLogger(__name__)
@@ -259,12 +260,11 @@ class MovaProcessor(ProcessorMixin):
                 ids += [self.image_token_id] * self.layout.num_tokens(ocr_lengths.pop(0))
         return ids
 
-    def _bos(self, add_special_tokens: bool) -> list[int]:
-        bos = self.tokenizer.bos_token_id
-        return [bos] if add_special_tokens and bos is not None else []
+    def _bos(self, add_special_tokens: bool, text: str = "") -> list[int]:
+        return start_ids(self.tokenizer, text) if add_special_tokens else []
 
     def _encode(self, text: str, ocr_lengths: list[tuple[int, ...]], add_special_tokens: bool) -> list[int]:
-        return self._bos(add_special_tokens) + self._encode_chunk(text, list(ocr_lengths))
+        return self._bos(add_special_tokens, text) + self._encode_chunk(text, list(ocr_lengths))
 
     def encode_segments(self, segments: list[Any], ocr_lengths: list[tuple[int, ...]],
                         add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
@@ -274,7 +274,7 @@ class MovaProcessor(ProcessorMixin):
         exactly on the assistant turns.
         """
         pending = list(ocr_lengths)
-        ids = self._bos(add_special_tokens)
+        ids = self._bos(add_special_tokens, segments[0].text if segments else "")
         labels = [-100] * len(ids)
         for seg in segments:
             piece = self._encode_chunk(seg.text, pending)

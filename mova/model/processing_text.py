@@ -16,6 +16,7 @@ import torch
 from transformers import BatchFeature, PreTrainedTokenizerBase
 
 from mova.errors import ConfigError
+from mova.model.start_token import start_ids
 from mova.model.templates import IMAGE_PLACEHOLDER, render_text
 
 
@@ -63,15 +64,14 @@ class TextProcessor:
         if IMAGE_PLACEHOLDER in text:
             self.process_images([text])  # raises the text-only error
 
-    def _bos(self, add_special_tokens: bool) -> list[int]:
-        bos = self.tokenizer.bos_token_id
-        return [bos] if add_special_tokens and bos is not None else []
+    def _bos(self, add_special_tokens: bool, text: str = "") -> list[int]:
+        return start_ids(self.tokenizer, text) if add_special_tokens else []
 
     def encode_segments(self, segments: list[Any], ocr_lengths: list[tuple[int, ...]] | None = None,
                         add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)`` of rendered template segments, tokenized one by one (labels -100 outside
         targets), as :meth:`MovaProcessor.encode_segments` does."""
-        ids = self._bos(add_special_tokens)
+        ids = self._bos(add_special_tokens, segments[0].text if segments else "")
         labels = [-100] * len(ids)
         for seg in segments:
             self._check_text(seg.text)
@@ -93,19 +93,17 @@ class TextProcessor:
 
     def __call__(self, text: str | list[str], images: Any = None, padding_side: str | None = None,
                  add_special_tokens: bool = True, return_tensors: str = "pt") -> BatchFeature:
-        """Tokenize and pad a batch of prompts (left by default, for generation). The start token is added
-        unless a prompt already begins with it (a chat template that writes its own), and the tokenizer is
-        not modified (many LLM tokenizers have no pad token)."""
+        """Tokenize and pad a batch of prompts (left by default, for generation). The start token comes from
+        :func:`~mova.model.start_token.start_ids` (once, as in training), and the tokenizer is not modified
+        (many LLM tokenizers have no pad token)."""
         texts = [text] if isinstance(text, str) else list(text)
         flat = [x for group in (images or []) for x in (group if isinstance(group, (list, tuple)) else [group])
                 if x is not None]
         self.process_images(flat)
-        bos = self.tokenizer.bos_token
         seqs = []
         for t in texts:
             self._check_text(t)
-            add = add_special_tokens and not (bos and t.startswith(bos))
-            seqs.append(self.tokenizer(t, add_special_tokens=add).input_ids)
+            seqs.append(self._bos(add_special_tokens, t) + self.tokenizer(t, add_special_tokens=False).input_ids)
         side = padding_side or self.padding_side
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_token_id(), dtype=torch.long)
@@ -125,8 +123,9 @@ def joined_ids(tokenizer: Any, prompt: str, responses: list[str]) -> tuple[list[
     """``prompt + response + eos`` tokenized whole for each response, the prompt ending where those
     tokenizations diverge (TRL's layout for non-conversational pairs): ``(prompt_ids, response_ids)``."""
     eos = tokenizer.eos_token or ""
-    p = tokenizer(prompt).input_ids
-    full = [tokenizer(prompt + r + eos).input_ids for r in responses]
+    head = start_ids(tokenizer, prompt)
+    p = head + tokenizer(prompt, add_special_tokens=False).input_ids
+    full = [head + tokenizer(prompt + r + eos, add_special_tokens=False).input_ids for r in responses]
     n = min(_common_prefix(p, f) for f in full)
     return p[:n], [f[n:] for f in full]
 

@@ -139,3 +139,10 @@ def render_text(template: str, messages: list[dict[str, Any]], tokenizer: Any = 
                 add_generation_prompt: bool = True) -> str:
     """The prompt string of ``messages`` (what a user passes to the processor for generation)."""
     return "".join(s.text for s in render(template, messages, tokenizer, add_generation_prompt))
+
+
+def user_turn_prompt(tokenizer: Any, text: str) -> str:
+    """``text`` as one user turn in the tokenizer's own chat template, followed by the assistant's generation
+    prompt: how a raw prompt (few-shot GSM8K, an R3 problem) is put to an instruct model, which otherwise reads
+    it as text to continue rather than a question to answer."""
+    return render_text("tokenizer", [{"role": "user", "content": text}], tokenizer, True)

@@ -25,7 +25,7 @@ from typing import Any
 from mova.data.reasoning import load_reasoning
 from mova.errors import ConfigError
 from mova.registry import Registry
-from mova.rl.curriculum import Schedule, schedule_from_config
+from mova.rl.curriculum import DEFAULT_PROMPTS, Schedule, schedule_from_config
 from mova.rl.prompts import PromptRecord
 from mova.trainers.grpo import GrpoTrainer
 from mova.trainers.ppo import PpoTrainer
@@ -76,8 +76,23 @@ class R3Curriculum:
         states = self.schedule.sample(self.ppo.rollout_batch_size)
         per_rank = self.ppo.rollout_batch_size // self.world
         mine = states[self.rank * per_rank:(self.rank + 1) * per_rank]
-        return [PromptRecord(id=f"{s.record_id}/k{s.k}", messages=[], text=s.prompt, columns=s.columns())
+        return [PromptRecord(id=f"{s.record_id}/k{s.k}", messages=[], text=self.prompt_text(s), columns=s.columns())
                 for s in mine]
+
+    def prompt_text(self, state: Any) -> str:
+        """The start state's prompt; with ``curriculum.chat_template`` the problem becomes a user turn of the
+        tokenizer's chat template and the state's gold steps begin the assistant's answer."""
+        cur: CurriculumConfig = self.cfg.section("curriculum")
+        if not cur.chat_template:
+            return state.prompt
+        from mova.model.templates import user_turn_prompt
+
+        if not hasattr(self, "_questions"):
+            self._questions = {r.id: r.question for r in self.reasoning}
+        head = (cur.prompt or DEFAULT_PROMPTS[state.kind]).format(question=self._questions[state.record_id])
+        if not state.prompt.startswith(head):
+            raise ConfigError(f"start state {state.record_id}/k{state.k} does not begin with its problem's prompt")
+        return user_turn_prompt(self.processor.tokenizer, head.rstrip("\n")) + state.prompt[len(head):]
 
     def on_iteration_end(self, metrics: dict[str, float]) -> None:
         metrics["curriculum/advanced"] = float(self.schedule.update(metrics["objective/reward"], self.iteration))

@@ -29,6 +29,9 @@ class CurriculumConfig:
     stage_steps: int | None = bounded(None, ge=1)
     #: prompt template with {question} (null: the kind's default).
     prompt: str | None = None
+    #: put the problem to the policy as a user turn of its tokenizer's chat template, the gold steps of a start
+    #: state following as the start of the assistant's answer (instruct models).
+    chat_template: bool = False
 
     def schedule_options(self) -> dict[str, Any]:
         if self.schedule == "staged":

@@ -34,6 +34,7 @@ from mova.config import RunConfig, TrainConfig
 from mova.errors import DataError
 from mova.model.policy import policy_kind
 from mova.model.processing_text import as_processor
+from mova.model.start_token import start_ids
 from mova.trainers.base import MovaTrainer, resolve_resume, write_report
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def encode_prompt_answer(tokenizer: Any, prompt: str, answer: str, *, separator:
     answer_ids = tok(separator + answer if answer else answer, add_special_tokens=False).input_ids
     if tok.eos_token_id is not None:
         answer_ids = answer_ids + [tok.eos_token_id]
-    head = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    head = start_ids(tok, prompt)
     if max_length is not None:
         room = max_length - len(head) - len(answer_ids)
         if room < 1:
