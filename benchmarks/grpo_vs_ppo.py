@@ -71,6 +71,11 @@ def run_one(method: str, seed: int, args: argparse.Namespace, policy: Path, prom
                  "train.lr_scheduler_type=constant", "train.warmup_ratio=0", f"{section}.reward_fn=word_fraction",
                  f"{section}.reward_kwargs={{words: {COLOURS}}}",
                  *method_overrides(method, args.responses, args.group)]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401  (the summary's curves import it: not the run's memory)
+
     from mova.trainers.grpo import run_grpo
     from mova.trainers.ppo import run_ppo
 
