@@ -71,6 +71,11 @@ def run_one(method: str, seed: int, args: argparse.Namespace, policy: Path, prom
                  "train.lr_scheduler_type=constant", "train.warmup_ratio=0", f"{section}.reward_fn=word_fraction",
                  f"{section}.reward_kwargs={{words: {COLOURS}}}",
                  *method_overrides(method, args.responses, args.group)]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401  (the summary's curves import it: not the run's memory)
+
     from mova.trainers.grpo import run_grpo
     from mova.trainers.ppo import run_ppo
 
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)  # a child process's run
     p.add_argument("--quick", action="store_true", help="tiny sizes, one process: checks the script runs")
     if p.parse_known_args(argv)[0].quick:
-        p.set_defaults(seeds=[0], iterations=2, responses=8, sft_steps=2)
+        p.set_defaults(seeds=[0], iterations=1, responses=8, sft_steps=2)
     args = p.parse_args(argv)
     from ppo import text_policy
 

@@ -209,7 +209,7 @@ def test_two_process_grpo_matches_one_process(colour, tmp_path):
 
     recipe = {"stage": "grpo", "init_from": str(colour["policy"]),
               "data": {"data_path": str(colour["data"]["prompts"])},
-              "train": {"max_steps": 3, "learning_rate": 3e-3, "save_steps": 0, "report_to": [],
+              "train": {"max_steps": 2, "learning_rate": 3e-3, "save_steps": 0, "report_to": [],
                         "lr_scheduler_type": "constant", "warmup_ratio": 0.0},
               "grpo": {"reward_fn": "word_fraction", "reward_kwargs": {"words": COLOURS}, "seed_per_prompt": True,
                        "rollout_batch_size": 4, "num_generations": 4, "mini_batch_size": 16, "epochs": 2,
