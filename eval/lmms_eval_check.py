@@ -25,7 +25,7 @@ from pathlib import Path
 LMMS_EVAL = "lmms-eval==0.7.3"
 #: what lmms-eval 0.7.3 needs beyond Mova's environment to import and run (filelock: it patches 3.x internals).
 IMPORT_DEPS = ("pytz", "loguru", "evaluate", "tenacity", "aiohttp", "multidict", "yarl", "propcache",
-               "aiohappyeyeballs", "aiosignal", "frozenlist", "filelock<4")
+               "aiohappyeyeballs", "aiosignal", "frozenlist", "attrs", "filelock<4")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,7 +35,8 @@ def ensure_lmms_eval(venv: Path) -> None:
         import lmms_eval.evaluator  # noqa: F401
         return
     except ImportError:
-        pass
+        if os.environ.get("MOVA_LMMS_EVAL_VENV"):  # already re-run in the venv: say what is missing, do not loop
+            raise
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -45,7 +46,7 @@ def ensure_lmms_eval(venv: Path) -> None:
         (Path(site) / "mova_env.pth").write_text("\n".join(ours) + "\n")
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", LMMS_EVAL, *IMPORT_DEPS],
                        check=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MOVA_LMMS_EVAL_VENV": str(venv)}
     raise SystemExit(subprocess.run([str(python), *sys.argv], env=env).returncode)
 
 
