@@ -9,7 +9,9 @@ dependency: the first run creates ``--venv`` (default ``.venv-lmms-eval``) that 
 packages and adds lmms-eval with ``pip install --no-deps`` plus the few small libraries its import needs, then
 re-runs itself there. The POPE copy is the Hub release's parquet layout (``question_id``, ``question``,
 ``answer``, ``image``, ``category``); by default a 4-question one is generated. lmms-eval's ``pope`` task is
-included with only its data source replaced, so its prompt, answer parsing and metrics are lmms-eval's.
+included with only its data source replaced, so its prompt, answer parsing and metrics are lmms-eval's; the
+answers lmms-eval recorded are then compared with Mova's own ``generate_answers`` on the same questions and
+images (exit status 1 when they differ, e.g. when the images did not reach the model).
 """
 
 from __future__ import annotations
@@ -108,10 +110,35 @@ def main() -> int:
             f"dataset_kwargs:\n  data_files:\n    test: {data.resolve()}\n")
         model_class = register_lmms_eval_model()
         results = simple_evaluate(model=model_class(pretrained=checkpoint), tasks=["pope_local"], limit=args.limit,
-                                  task_manager=TaskManager(include_path=str(tasks)), batch_size=1)
+                                  log_samples=True, task_manager=TaskManager(include_path=str(tasks)), batch_size=1)
+        same = _same_as_mova(checkpoint, results["samples"]["pope_local"], data)
     metrics = {k: v for k, v in results["results"]["pope_local"].items() if isinstance(v, (int, float))}
     print(json.dumps(metrics, indent=2, sort_keys=True))
-    return 0
+    print(f"lmms-eval's answers equal Mova's own generate_answers on the same questions and images: {same}")
+    return 0 if same else 1
+
+
+def _same_as_mova(checkpoint: str, samples: list[dict], data: Path) -> bool:
+    """Whether the answers lmms-eval recorded are what Mova generates itself for each question with its image
+    (so the images reached the model through the adapter)."""
+    from datasets import load_dataset
+
+    from mova.inference.generation import generate_answers, load_model
+    from mova.inference.sampling import SamplingParams
+
+    model, processor = load_model(checkpoint)  # lmms-eval frees its model when it is done
+    docs = load_dataset("parquet", data_files={"test": str(data)})["test"]
+    for sample in samples:
+        doc = docs[int(sample["doc_id"])]
+        prompt = sample["arguments"][0][0] if isinstance(sample["arguments"][0], (list, tuple)) else None
+        prompt = prompt or f"{doc['question'].strip()}\nAnswer the question using a single word or phrase."
+        ours = generate_answers(model, processor, [[{"role": "user", "content": prompt}]],
+                                [[doc["image"].convert("RGB")]], SamplingParams(max_new_tokens=128), progress=False)
+        theirs = sample["resps"][0][0] if isinstance(sample["resps"][0], list) else sample["resps"][0]
+        if ours[0] != theirs:
+            print(f"doc {sample['doc_id']}: lmms-eval got {theirs!r}, Mova gives {ours[0]!r}")
+            return False
+    return bool(samples)
 
 
 if __name__ == "__main__":
