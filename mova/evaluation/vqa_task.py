@@ -17,7 +17,8 @@ Scoring (``vqa.metric``, default ``auto`` per record):
 
 * ``vqa`` -- the VQA accuracy over several human answers: the prediction scores ``min(1, k / 3)`` against
   each leave-one-out subset of the human answers (``k`` matches in the subset), averaged over the
-  subsets; answers are compared after :func:`normalize_vqa_answer`. Used when a record has 2+ answers.
+  subsets; answers are compared after the VQA evaluation's own processing
+  (:func:`mova.metrics.vqa_official.normalize_vqa_answer`). Used when a record has 2+ answers.
 * ``choice`` -- the option letter (``mova.metrics.answers.extract_choice``) against the gold letter. Used
   when a record has ``options`` / ``choices``; the options are appended to the question as ``A. ...`` lines
   unless the text already lists them.
@@ -42,52 +43,12 @@ from mova.data.records import resolve_image_path
 from mova.errors import ConfigError, DataError
 from mova.evaluation.tasks import TaskContext, register_task
 from mova.inference.sampling import SamplingParams
+from mova.metrics.vqa_official import normalize_vqa_answer as official_normalize
 from mova.model.processing_text import as_processor
 from mova.model.templates import IMAGE_PLACEHOLDER
 
-# --- VQA answer normalisation ------------------------------------------------------------------------------
-_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = frozenset({"a", "an", "the"})
-#: contractions written without their apostrophe, restored so that "dont" and "don't" compare equal.
-_CONTRACTIONS = {
-    "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "couldve": "could've", "didnt": "didn't",
-    "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't",
-    "hed": "he'd", "hes": "he's", "id": "i'd", "im": "i'm", "isnt": "isn't", "itd": "it'd", "itll": "it'll",
-    "ive": "i've", "lets": "let's", "mightnt": "mightn't", "mustnt": "mustn't", "shes": "she's",
-    "shouldnt": "shouldn't", "shouldve": "should've", "thats": "that's", "theres": "there's", "theyd": "they'd",
-    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "wasnt": "wasn't", "werent": "weren't",
-    "weve": "we've", "whats": "what's", "wheres": "where's", "whos": "who's", "wont": "won't",
-    "wouldnt": "wouldn't", "wouldve": "would've", "youd": "you'd", "youll": "you'll", "youre": "you're",
-    "youve": "you've",
-}
-_PUNCT = set(";/[]\"{}()=+\\_-><@`,?!*#%^&$|~:")
-_DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")
-_LONE_PERIOD = re.compile(r"(?<!\d)\.|\.(?!\d)")
-
-
-def normalize_vqa_answer(text: str) -> str:
-    """An answer in the VQA evaluation's canonical form: lower case; commas inside numbers dropped
-    (``1,000`` -> ``1000``); a period kept only inside a number; other punctuation removed where it touches
-    a space or the ends and otherwise turned into a space (``black-and-white`` -> ``black and white``);
-    number words as digits; articles dropped; apostrophe-less contractions restored; single spaces."""
-    s = str(text).lower().replace("\n", " ").replace("\t", " ").strip()
-    s = _DIGIT_COMMA.sub("", s)
-    s = _LONE_PERIOD.sub("", s)
-    out = []
-    for i, ch in enumerate(s):
-        if ch in _PUNCT:
-            touching = i == 0 or i == len(s) - 1 or s[i - 1] == " " or s[i + 1] == " "
-            out.append("" if touching else " ")
-        else:
-            out.append(ch)
-    words = []
-    for w in "".join(out).split():
-        w = _NUMBER_WORDS.get(w, w)
-        if w in _ARTICLES:
-            continue
-        words.append(_CONTRACTIONS.get(w, w))
-    return " ".join(words)
+# --- VQA answer normalisation: the VQA evaluation's own (mova.metrics.vqa_official) ---------------------------
+normalize_vqa_answer = official_normalize
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:

@@ -1,8 +1,14 @@
 """``MovaConfig`` / ``MovaForCausalLM``: frozen visual experts + fusion network + any causal LLM.
 
 The model follows the transformers conventions so that users keep their tools: ``save_pretrained`` /
-``from_pretrained`` in safetensors, ``AutoConfig`` / ``AutoModelForCausalLM`` registration,
-``generate()`` with a KV cache, gradient checkpointing, ``dtype`` and ``attn_implementation``.
+``from_pretrained`` in safetensors, ``AutoConfig`` / ``AutoModelForCausalLM`` / ``AutoModelForImageTextToText``
+registration, ``generate()`` with a KV cache, gradient checkpointing, ``dtype`` and ``attn_implementation``.
+
+``generate()`` takes images in every decoding mode: beam search and ``num_return_sequences`` repeat each
+sample's rows of the ``images`` dict with it (:mod:`mova.model.image_batch`), a static cache's 4-D mask is
+never read as a padding mask, ``inputs_embeds`` get the visual tokens in the slots holding the image token's
+embedding, the image token itself is never generated, and decoding steps (which hold no image tokens) run
+without images, so they compile as one graph.
 
 Images enter as ``<image>`` tokens that the processor has already expanded to the right count, so
 every tensor (ids, mask, labels, position ids) has its final length before the LLM runs: the model
