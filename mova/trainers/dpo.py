@@ -136,14 +136,14 @@ def precompute_reference(model: torch.nn.Module, dataset: PairDataset, collator:
 
 def run_dpo(cfg: RunConfig) -> dict[str, Any]:
     """Train with DPO end to end; returns the run summary (also written to ``output_dir``)."""
-    from mova.trainers.stages import check_eval, check_fsdp_launch, policy_dtype, training_arguments
+    from mova.trainers.stages import check_eval, check_training_options, policy_dtype, training_arguments
 
     check_loss_options(cfg.dpo.loss_type, cfg.dpo.beta, cfg.dpo.label_smoothing)
     check_reference(cfg)
     set_seed(cfg.train.seed)
-    args = training_arguments(cfg)  # before the model loads: a bad option fails at once
-    check_fsdp_launch(args)
+    check_training_options(cfg)  # before the model loads: a bad option fails at once
     model, processor = load_policy(cfg.init_from, cfg.model, dtype=policy_dtype(cfg))
+    args = training_arguments(cfg)
     kind = policy_kind(model)
     ref_model = None
     if cfg.dpo.reference == "copy":

@@ -209,14 +209,13 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
 
     ``train_positions`` trains on those pairs of the source only (the strength ensemble's held-out folds).
     """
-    from mova.trainers.stages import check_eval, check_fsdp_launch, policy_dtype, training_arguments, zero_stage
+    from mova.trainers.stages import check_eval, check_training_options, policy_dtype, training_arguments, zero_stage
 
     opts: RmConfig = cfg.section("rm")
     if zero_stage(cfg.train.deepspeed) == 3:
         raise ConfigError("reward-model training supports ZeRO-2 (scripts/zero2.json), not ZeRO-3: the final "
                           "save writes the head and backbone from full weights")
-    args = training_arguments(cfg)  # before anything loads: a bad option fails at once
-    check_fsdp_launch(args)
+    check_training_options(cfg)  # before anything loads: a bad option fails at once
     set_seed(cfg.train.seed)
     pairs, eval_pairs = load_pairs_with_eval(cfg.data, cfg.train.seed)
     check_eval(cfg, eval_pairs is not None)
@@ -232,6 +231,7 @@ def run_rm(cfg: RunConfig, train_positions: list[int] | None = None) -> dict[str
         if strength_all is not None:
             strength_all = strength_all[torch.tensor(pairs.positions, dtype=torch.long)]
     backbone, processor = load_policy(cfg.init_from, cfg.model, dtype=policy_dtype(cfg))
+    args = training_arguments(cfg)
     kind = policy_kind(backbone)
     backbone, trainable = kind.make_trainable(backbone, lora=cfg.train.lora, train_fusion=opts.train_fusion,
                                               unfreeze_experts=cfg.train.unfreeze_experts)

@@ -81,11 +81,12 @@ def open_feature_cache(root: str, model: MovaForCausalLM) -> Any:
     return cache
 
 
-def training_arguments(cfg: RunConfig) -> TrainingArguments:
+def training_arguments(cfg: RunConfig, deepspeed: bool = True) -> TrainingArguments:
     """transformers' ``TrainingArguments`` for a stage: Mova's fields (with their defaults and meanings), then
     every pass-through field the recipe sets (``optim``, ``fsdp``, ``eval_strategy`` ...), which wins.
 
-    A value ``TrainingArguments`` itself refuses is a ConfigError naming the ``train.`` key it came from."""
+    A value ``TrainingArguments`` itself refuses is a ConfigError naming the ``train.`` key it came from.
+    ``deepspeed=False`` leaves ``train.deepspeed`` out (see :func:`check_training_options`)."""
     check_quantization(cfg)
     t = cfg.train
     base: dict[str, Any] = dict(
@@ -108,7 +109,7 @@ def training_arguments(cfg: RunConfig) -> TrainingArguments:
         save_strategy="steps" if t.save_steps > 0 else "no",
         save_steps=max(t.save_steps, 1),
         save_total_limit=t.save_total_limit,
-        deepspeed=deepspeed_for_trainer(cfg),
+        deepspeed=deepspeed_for_trainer(cfg) if deepspeed else None,
         report_to=list(t.report_to),
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
@@ -157,6 +158,17 @@ def fsdp_current_form(extra: dict[str, Any]) -> dict[str, Any]:
                               "takes full_shard or shard_grad_op. Set train.fsdp_config.version=1 to use FSDP1")
         entries.update(FSDP2_WORDS[word])
     return {**extra, "fsdp": True, "fsdp_config": {**entries, **config}}
+
+
+def check_training_options(cfg: RunConfig) -> None:
+    """Build the stage's ``TrainingArguments`` once before anything loads, so that a bad ``train.*`` option (or an
+    FSDP launch that cannot shard) fails at once instead of after the model and data have loaded.
+
+    Without ``train.deepspeed``: ``TrainingArguments`` with a DeepSpeed config registers it for the whole process,
+    and a model built afterwards from a config would then be created under ZeRO-3's partitioned init before the
+    process group exists (each rank would size its batch for a world of one). The stages build the real
+    arguments after the model has loaded, as transformers' own scripts do."""
+    check_fsdp_launch(training_arguments(cfg, deepspeed=False))
 
 
 def check_fsdp_launch(args: TrainingArguments) -> None:
@@ -277,8 +289,7 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
         raise ConfigError("data.data_path (or data.sources) is required")
     if cfg.data.streaming and cfg.train.max_steps <= 0:
         raise ConfigError("data.streaming: a stream has no length, so set train.max_steps (a number of steps)")
-    args = training_arguments(cfg)  # before the model loads: a bad option fails at once
-    check_fsdp_launch(args)
+    check_training_options(cfg)  # before the model loads: a bad option fails at once
     set_seed(cfg.train.seed)
     if cfg.init_from:
         model, processor = load_pretrained(cfg.init_from, what="init_from")
@@ -294,6 +305,7 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
     if getattr(dataset, "text_only_left_out", 0):
         logger.info("%s: leaving out %d text-only record(s): nothing trains on them", cfg.stage,
                     dataset.text_only_left_out)
+    args = training_arguments(cfg)
     trainer = MovaTrainer(
         model=model,
         args=args,
