@@ -67,8 +67,14 @@ def test_a_known_model_name_resolves_to_its_cache_folder_fetched_once(tmp_path, 
             == "test"
         info = model_info(load_model_config("tiny", ["llm.name_or_path=test-lm"]))
         assert info["llm_hidden"] == 96
+        # a disk without room for the fetch is refused up front, naming the way out
+        known_models.KNOWN_MODELS.register("huge-lm", known_models.KnownModel("huge-lm", "too big", fetch, 2**60))
+        with pytest.raises(known_models.FetchError, match="GiB free.*MOVA_CACHE"):
+            resolve_checkpoint("huge-lm", "init_from")
+        assert len(calls) == 1 and not (tmp_path / "cache" / "models" / "huge-lm").exists()
     finally:
         del known_models.KNOWN_MODELS["test-lm"]
+        known_models.KNOWN_MODELS.pop("huge-lm", None)
 
 
 @pytest.fixture(scope="module")

@@ -148,9 +148,11 @@ def text_rm(tmp_path_factory):
     return RewardModel.from_backbone(AutoModelForCausalLM.from_pretrained(root / "lm")).eval(), tok, root
 
 
-def _alone(rm, tok, prompt: str, response: str) -> float:
-    """The reward of one sequence scored alone: the head on the final hidden state of its last token."""
-    ids = tok(prompt + response + tok.eos_token, return_tensors="pt").input_ids
+def _alone(rm, tok, prompt: str, response: str, start: bool = True) -> float:
+    """The reward of one sequence scored alone: the head on the final hidden state of its last token (with
+    ``start``, the tiny tokenizer's start token first, as Mova's encoders put it before every sequence)."""
+    head = [tok.bos_token_id] if start else []
+    ids = torch.tensor([head + tok(prompt + response + tok.eos_token, add_special_tokens=False).input_ids])
     with torch.no_grad():
         h = rm.backbone.model(input_ids=ids).last_hidden_state[0, -1]
         return float(h @ rm.score_head.weight[0] + rm.score_head.bias[0])
@@ -159,7 +161,7 @@ def _alone(rm, tok, prompt: str, response: str) -> float:
 def test_scores_at_the_last_real_token_with_left_and_right_padding(text_rm):
     rm, tok, _ = text_rm
     texts = ["Hello there, how are you?", "Hi."]
-    alone = [_alone(rm, tok, t, "") for t in texts]
+    alone = [_alone(rm, tok, t, "", start=False) for t in texts]  # the tokenizer's own encoding, as below
     for side in ("left", "right"):
         tok.padding_side = side
         enc = tok([t + tok.eos_token for t in texts], return_tensors="pt", padding=True)

@@ -54,7 +54,7 @@ def test_text_rm_reaches_high_held_out_accuracy_on_separable_prefs(synth, tmp_pa
     torch.manual_seed(0)
     untrained = RewardModel.from_backbone(AutoModelForCausalLM.from_pretrained(root / "lm"))
     before = _accuracy(untrained, tok, test)
-    summary = _run(root, train, tmp_path / "run", "train.max_steps=24", f"data.eval_data_path={test}")
+    summary = _run(root, train, tmp_path / "run", "train.max_steps=32", f"data.eval_data_path={test}")
     assert summary["eval"]["accuracy"] >= 0.95 > before + 0.2
     metrics = {"rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected"}
     assert metrics <= set(summary["last_metrics"])

@@ -321,7 +321,9 @@ def test_llm_judge_parses_the_models_real_output(tmp_path, tokenizer):
     for (q, a), j in zip(zip(questions, answers), got):
         prompt = judge.render(judge.prompt.format(categories=categories, question=q, answer=a))
         assert prompt.startswith("USER: ") and prompt.endswith("ASSISTANT:")  # the tokenizer's chat template
-        ids = tokenizer(prompt, return_tensors="pt")
+        # one start token before the prompt, as Mova's encoders put it (mova.model.start_token)
+        ids = {"input_ids": torch.tensor([[tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)
+                                          .input_ids])}
         with torch.no_grad():
             out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         reply = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
