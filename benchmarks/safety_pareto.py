@@ -107,8 +107,39 @@ def run_dpo_variant(out: Path, start: dict[str, Path], pairs: Path, beta: float,
     return Path(run_dpo(cfg)["final_model"])
 
 
+def chosen_sft(out: Path, start: dict[str, Path], pairs: Path, args: argparse.Namespace) -> Path:
+    """The start model fine-tuned on the training pairs' chosen answers (with their images): a policy that can
+    sample the preferred behaviour, as the usual SFT -> reward model -> PPO chain has. PPO only reinforces what
+    its policy samples, and the VQA-only start model never samples a refusal."""
+    from mova.artifacts import build_once
+    from mova.config import DataConfig, RunConfig, TrainConfig
+    from mova.data.preference import load_spavl
+    from mova.trainers.stages import run_stage
+
+    folder = out / "chosen-sft"
+    key = {"start": str(start["sft"]), "pairs": str(pairs), "steps": args.chosen_sft_steps, "lr": 1e-3, "batch": 8}
+
+    def build() -> None:
+        data = folder / "data"
+        (data / "images").mkdir(parents=True, exist_ok=True)
+        records = []
+        for i, pair in enumerate(load_spavl(str(pairs))):
+            pair.image.save(data / "images" / f"{i}.png")
+            records.append({"id": f"pair-{i}", "image": f"images/{i}.png", "conversations": pair.conversation()})
+        (data / "chosen.json").write_text(json.dumps(records) + "\n")
+        cfg = RunConfig(stage="sft", init_from=str(start["sft"]),
+                        data=DataConfig(data_path=str(data / "chosen.json"), image_folder=str(data)),
+                        train=TrainConfig(output_dir=str(folder), max_steps=args.chosen_sft_steps,
+                                          per_device_train_batch_size=8, learning_rate=1e-3, warmup_ratio=0.05,
+                                          logging_steps=10, save_steps=0, report_to=[], seed=0))
+        run_stage(cfg)
+
+    build_once(folder, key, build, marker="final/config.json")
+    return folder / "final"
+
+
 def run_ppo_variant(out: Path, start: dict[str, Path], pairs: Path, rm: Path, kl: float, mix: float,
-                    iterations: int, args: argparse.Namespace) -> Path:
+                    iterations: int, args: argparse.Namespace, init_from: Path | None = None) -> Path:
     from mova.config import DataConfig, RunConfig, TrainConfig
     from mova.trainers.ppo import run_ppo
     from mova.trainers.ppo_config import PpoConfig
@@ -118,7 +149,7 @@ def run_ppo_variant(out: Path, start: dict[str, Path], pairs: Path, rm: Path, kl
                     critic_pretrain_iterations=min(2, max(iterations - 1, 0)),
                     ptx_coef=mix, ptx_data=str(start["data"] / "sft.json") if mix else None,
                     ptx_batch_size=args.mix_batch_size, ptx_feature_cache=str(start["cache"]))
-    cfg = RunConfig(stage="ppo", init_from=str(start["sft"]), data=DataConfig(data_path=str(pairs)),
+    cfg = RunConfig(stage="ppo", init_from=str(init_from or start["sft"]), data=DataConfig(data_path=str(pairs)),
                     train=TrainConfig(output_dir=str(out), max_steps=iterations, learning_rate=args.ppo_lr,
                                       save_steps=0, report_to=[], seed=0),
                     sections={"ppo": ppo})
@@ -168,11 +199,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mix-batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions of each split")
     p.add_argument("--skip-ppo", action="store_true")
+    p.add_argument("--ppo-start", default="sft", choices=["sft", "chosen-sft", "both"],
+                   help="PPO's policy: the start model, or the start model fine-tuned on the pairs' chosen answers")
+    p.add_argument("--chosen-sft-steps", type=int, default=None)
     args = p.parse_args(argv)
     full = {"train_images": 400, "test_images": 100, "align_steps": 100, "sft_steps": 800, "rm_steps": 300,
-            "betas": "0.1,0.3", "kls": "0.05,0.2", "mixes": "0,1", "dpo_steps": "600", "ppo_iterations": "40"}
+            "betas": "0.1,0.3", "kls": "0.05,0.2", "mixes": "0,1", "dpo_steps": "600", "ppo_iterations": "40",
+            "chosen_sft_steps": 150}
     quick = {"train_images": 12, "test_images": 6, "align_steps": 2, "sft_steps": 4, "rm_steps": 2, "betas": "0.1",
-             "kls": "0.05", "mixes": "1", "dpo_steps": "2", "ppo_iterations": "1", "limit": 4}
+             "kls": "0.05", "mixes": "1", "dpo_steps": "2", "ppo_iterations": "1", "limit": 4,
+             "chosen_sft_steps": 2}
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
@@ -201,14 +237,26 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"method": "DPO", "setting": f"beta {beta}, mix {mix}, {steps} steps", "seconds": seconds,
                      **score(final, start, pairs, rm, out / name, base_answers, args.limit)})
         print(json.dumps(rows[-1]), flush=True)
+    starts = {"sft": ["sft"], "chosen-sft": ["chosen-sft"], "both": ["sft", "chosen-sft"]}[args.ppo_start]
+    ppo_init: dict[str, Path | None] = {"sft": None}
+    if "chosen-sft" in starts and not args.skip_ppo:
+        t = time.perf_counter()
+        ppo_init["chosen-sft"] = chosen_sft(out, start, pairs, args)
+        rows.append({"method": "SFT on chosen", "setting": f"{args.chosen_sft_steps} steps",
+                     "seconds": round(time.perf_counter() - t),
+                     **score(ppo_init["chosen-sft"], start, pairs, rm, out / "chosen-sft", base_answers, args.limit)})
+        print(json.dumps(rows[-1]), flush=True)
     if not args.skip_ppo:
-        for kl, mix, iters in itertools.product(floats(args.kls), floats(args.mixes), ints(args.ppo_iterations)):
-            name = f"ppo-kl{kl}-m{mix}-i{iters}"
+        for begin, kl, mix, iters in itertools.product(starts, floats(args.kls), floats(args.mixes),
+                                                       ints(args.ppo_iterations)):
+            name = f"ppo-{begin}-kl{kl}-m{mix}-i{iters}-lr{args.ppo_lr}"
             t = time.perf_counter()
-            final = run_ppo_variant(out / name, start, pairs, rm, kl, mix, iters, args)
+            final = run_ppo_variant(out / name, start, pairs, rm, kl, mix, iters, args, init_from=ppo_init[begin])
             seconds = round(time.perf_counter() - t)
-            rows.append({"method": "PPO-max", "setting": f"kl {kl}, mix {mix}, {iters} iterations",
-                         "seconds": seconds, **score(final, start, pairs, rm, out / name, base_answers, args.limit)})
+            where = "" if begin == "sft" else ", from SFT on chosen"
+            rows.append({"method": "PPO-max", "setting": f"kl {kl}, mix {mix}, {iters} iterations, lr {args.ppo_lr}"
+                         f"{where}", "seconds": seconds,
+                         **score(final, start, pairs, rm, out / name, base_answers, args.limit)})
             print(json.dumps(rows[-1]), flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nmini SPA-VL, tiny model on CPU ({round(time.perf_counter() - t0)} s in all):")

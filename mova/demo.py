@@ -68,8 +68,8 @@ class DemoConfig:
     #: accuracy (the README's quickstart has the numbers of both). 0: plain DPO.
     dpo_sft_weight: float = 0.3
     dpo_sft_batch_size: int = 4
-    #: global gradient-norm clipping of the DPO stage (0: off). Without it the model refused most benign
-    #: questions too (docs/spavl.md has the measured settings).
+    #: global gradient-norm clipping of the DPO stage (0: off): the preference loss's first steps on a model
+    #: that has never refused give large gradients.
     dpo_max_grad_norm: float = 1.0
     #: reference log-probs computed in one pass before DPO instead of a reference forward every step.
     dpo_reference: str = "precomputed"
