@@ -156,6 +156,26 @@ def run_ppo_variant(out: Path, start: dict[str, Path], pairs: Path, rm: Path, kl
     return Path(run_ppo(cfg)["final_model"])
 
 
+def run_grpo_variant(out: Path, start: dict[str, Path], pairs: Path, rm: Path, kl: float, mix: float,
+                     iterations: int, args: argparse.Namespace, init_from: Path | None = None) -> Path:
+    """GRPO against the same reward model: ``rollout // 4`` prompts x 4 responses per iteration (as many
+    samples as PPO's rollout), group-normalised advantages, k3 KL in the loss, no critic."""
+    from mova.config import DataConfig, RunConfig, TrainConfig
+    from mova.trainers.grpo import run_grpo
+    from mova.trainers.grpo_config import GrpoConfig
+
+    grpo = GrpoConfig(reward_model=str(rm), kl_coef=kl, train_fusion=True, num_generations=4,
+                      rollout_batch_size=max(args.rollout // 4, 1), mini_batch_size=args.rollout, max_new_tokens=24,
+                      ptx_coef=mix, ptx_data=str(start["data"] / "sft.json") if mix else None,
+                      ptx_batch_size=args.mix_batch_size, ptx_feature_cache=str(start["cache"]))
+    cfg = RunConfig(stage="grpo", init_from=str(init_from or start["sft"]), data=DataConfig(data_path=str(pairs)),
+                    train=TrainConfig(output_dir=str(out), max_steps=iterations, learning_rate=args.ppo_lr,
+                                      save_steps=0, report_to=[], seed=0, lr_scheduler_type="constant",
+                                      warmup_ratio=0.0),
+                    sections={"grpo": grpo})
+    return Path(run_grpo(cfg)["final_model"])
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     def pct(x: Any) -> str:
         return "-" if x is None else f"{100 * x:.1f}"
@@ -199,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mix-batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions of each split")
     p.add_argument("--skip-ppo", action="store_true")
+    p.add_argument("--grpo", action="store_true", help="GRPO rows too (same KL values, mixes, iterations, starts)")
     p.add_argument("--ppo-start", default="sft", choices=["sft", "chosen-sft", "both"],
                    help="PPO's policy: the start model, or the start model fine-tuned on the pairs' chosen answers")
     p.add_argument("--chosen-sft-steps", type=int, default=None)
@@ -255,6 +276,16 @@ def main(argv: list[str] | None = None) -> None:
             seconds = round(time.perf_counter() - t)
             where = "" if begin == "sft" else ", from SFT on chosen"
             rows.append({"method": "PPO-max", "setting": f"kl {kl}, mix {mix}, {iters} iterations, lr {args.ppo_lr}"
+                         f"{where}", "seconds": seconds,
+                         **score(final, start, pairs, rm, out / name, base_answers, args.limit)})
+            print(json.dumps(rows[-1]), flush=True)
+            if not args.grpo:
+                continue
+            name = name.replace("ppo-", "grpo-", 1)
+            t = time.perf_counter()
+            final = run_grpo_variant(out / name, start, pairs, rm, kl, mix, iters, args, init_from=ppo_init[begin])
+            seconds = round(time.perf_counter() - t)
+            rows.append({"method": "GRPO", "setting": f"kl {kl}, mix {mix}, {iters} iterations, lr {args.ppo_lr}"
                          f"{where}", "seconds": seconds,
                          **score(final, start, pairs, rm, out / name, base_answers, args.limit)})
             print(json.dumps(rows[-1]), flush=True)

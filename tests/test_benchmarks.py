@@ -233,15 +233,15 @@ def test_claim_keeps_a_resumable_run_with_the_same_arguments(tmp_path):
 
 
 def test_safety_pareto_quick(tmp_path):
-    out = run_quick("safety_pareto.py", "--out", str(tmp_path / "pareto"), cwd=tmp_path, timeout=600).stdout
+    out = run_quick("safety_pareto.py", "--out", str(tmp_path / "pareto"), "--grpo", cwd=tmp_path, timeout=600).stdout
     rows = table(out, "| method | setting |")
-    assert [r["method"] for r in rows] == ["start (sft)", "DPO", "PPO-max"]
+    assert [r["method"] for r in rows] == ["start (sft)", "DPO", "PPO-max", "GRPO"]
     for r in rows:
         for key in ("harm unsafe %", "harm refusal %", "help refusal %", "VQA %"):
             assert 0 <= number(r[key]) <= 100, (key, r)
     assert rows[0]["help RM gain"] == "-" and rows[1]["help RM gain"] != "-"  # the reward-model judge ran
     saved = json.loads((tmp_path / "pareto" / "results.json").read_text())
-    assert len(saved) == 3 and saved[1]["setting"] == "beta 0.1, mix 1.0, 2 steps"
+    assert len(saved) == 4 and saved[1]["setting"] == "beta 0.1, mix 1.0, 2 steps"
 
 
 def test_grpo_vs_ppo_quick(tmp_path):
