@@ -63,16 +63,20 @@ def _rm(config: str | None, overrides: list[str]) -> dict[str, Any]:
     return run_rm(load_run_config(config, overrides, stage="rm"))
 
 
+def _rl_result(name: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """What ``mova train`` prints for an RL stage: the run's size and time, and its last objective metrics."""
+    last = summary["last_metrics"]
+    return {"stage": name, "iterations": summary["iterations"], "train_runtime_s": summary["train_runtime_s"],
+            **{k: last.get(k) for k in ("objective/reward", "objective/kl", "objective/ppl", "response_length")},
+            "collapse_warnings": len(summary["collapse_warnings"]), "final_model": summary["final_model"]}
+
+
 @stage("ppo", "PPO / PPO-max against a reward model or a reward function (text or VLM)")
 def _ppo(config: str | None, overrides: list[str]) -> dict[str, Any]:
     from mova.config import load_run_config
     from mova.trainers.ppo import run_ppo
 
-    summary = run_ppo(load_run_config(config, overrides, stage="ppo"))
-    last = summary["last_metrics"]
-    return {"stage": "ppo", "iterations": summary["iterations"], "train_runtime_s": summary["train_runtime_s"],
-            **{k: last.get(k) for k in ("objective/reward", "objective/kl", "objective/ppl", "response_length")},
-            "collapse_warnings": len(summary["collapse_warnings"]), "final_model": summary["final_model"]}
+    return _rl_result("ppo", run_ppo(load_run_config(config, overrides, stage="ppo")))
 
 
 @stage("grpo", "GRPO / RLOO: critic-free RL with a group baseline (reward model or function; text or VLM)")
@@ -80,11 +84,7 @@ def _grpo(config: str | None, overrides: list[str]) -> dict[str, Any]:
     from mova.config import load_run_config
     from mova.trainers.grpo import run_grpo
 
-    summary = run_grpo(load_run_config(config, overrides, stage="grpo"))
-    last = summary["last_metrics"]
-    return {"stage": "grpo", "iterations": summary["iterations"], "train_runtime_s": summary["train_runtime_s"],
-            **{k: last.get(k) for k in ("objective/reward", "objective/kl", "objective/ppl", "response_length")},
-            "collapse_warnings": len(summary["collapse_warnings"]), "final_model": summary["final_model"]}
+    return _rl_result("grpo", run_grpo(load_run_config(config, overrides, stage="grpo")))
 
 
 @stage("r3", "R3 reverse-curriculum RL for reasoning on PPO or GRPO (curriculum.optimizer: ppo | grpo; "

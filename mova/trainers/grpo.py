@@ -19,7 +19,6 @@ checkpoints and resume, 2-process statistics, metric names, completions tables, 
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -112,33 +111,22 @@ class GrpoTrainer(PpoTrainer):
         advantages = gm.group_advantages(g.advantage, shaped, g.num_generations, scale_by_std=g.scale_by_std)
         batch.extra.update(old_logp=old_logp, ref_logp=ref_logp, advantages=advantages,
                            scores=scores.detach().float())
-        k1 = (old_logp - ref_logp) * mask
-        lengths = mask.sum(1)
+        metrics = self.objective_metrics(len(batch), scores, shaped, kl, old_logp, ref_logp, entropy, mask,
+                                         g.kl_coef)
         n_rows = pm.all_sum(torch.tensor(float(len(batch)), device=self.device))
         groups = scores.float().view(-1, g.num_generations)
+
+        def mean_over(x: torch.Tensor, n: torch.Tensor) -> float:
+            return float(pm.all_sum(x.sum().float()) / n)
+
+        # how much signal the groups carry: the spread of scores within a group, and the share of groups whose
+        # responses all scored alike (their advantages are 0: nothing to learn from them)
         n_groups = n_rows / g.num_generations
-
-        def row_mean(x: torch.Tensor) -> float:
-            return float(pm.all_sum(x.sum().float()) / n_rows)
-
-        def group_mean(x: torch.Tensor) -> float:
-            return float(pm.all_sum(x.sum().float()) / n_groups)
-
-        metrics = {
-            "objective/reward": row_mean(scores),
-            "objective/scores": row_mean(shaped),
-            "objective/kl": row_mean(k1.sum(1)),
-            "objective/kl_penalty": row_mean(kl.sum(1)),
-            "objective/rlhf_reward": row_mean(scores - g.kl_coef * kl.sum(1)),
-            "objective/entropy": float(pm.masked_mean(entropy, mask, True)),
-            "objective/ppl": math.exp(float(pm.masked_mean(-old_logp, mask, True))),
-            "response_length": row_mean(lengths),
-            # how much signal the groups carry: the spread of scores within a group, and the share of groups
-            # whose responses all scored alike (their advantages are 0: nothing to learn from them)
-            "group/reward_std": group_mean(groups.std(dim=1, unbiased=True)),
-            "group/all_equal": group_mean((groups.max(1).values - groups.min(1).values <= 1e-8).float()),
-            "group/advantage_abs": row_mean(advantages.abs()),
-        }
+        metrics.update({
+            "group/reward_std": mean_over(groups.std(dim=1, unbiased=True), n_groups),
+            "group/all_equal": mean_over((groups.max(1).values - groups.min(1).values <= 1e-8).float(), n_groups),
+            "group/advantage_abs": mean_over(advantages.abs(), n_rows),
+        })
         return batch, metrics
 
     def minibatch_losses(self, mb: RolloutBatch, critic_only: bool,

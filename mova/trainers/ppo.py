@@ -455,26 +455,33 @@ class PpoTrainer:
         advantages = pm.process_advantages(advantages, mask, ppo.whiten_advantages, ppo.advantage_clip)
         batch.extra.update(old_logp=old_logp, values=values * mask, advantages=advantages, returns=returns,
                            scores=scores.detach().float())
+        metrics = self.objective_metrics(len(batch), scores, norm_scores, kl, old_logp, ref_logp, entropy, mask,
+                                         ppo.kl_coef)
+        metrics.update({"val/mean": float(pm.masked_mean(values, mask, True)),
+                        "val/returns": float(pm.masked_mean(returns, mask, True))})
+        return batch, metrics
+
+    def objective_metrics(self, rows: int, scores: torch.Tensor, shaped: torch.Tensor, kl: torch.Tensor,
+                          old_logp: torch.Tensor, ref_logp: torch.Tensor, entropy: torch.Tensor,
+                          mask: torch.Tensor, kl_coef: float) -> dict[str, float]:
+        """The ``objective/*`` and ``response_length`` metrics of a rollout, averaged over the rows of every
+        process (the names every RL stage reports)."""
         k1 = (old_logp - ref_logp) * mask
-        lengths = mask.sum(1)
-        n_rows = pm.all_sum(torch.tensor(float(len(batch)), device=self.device))
+        n_rows = pm.all_sum(torch.tensor(float(rows), device=self.device))
 
         def row_mean(x: torch.Tensor) -> float:
             return float(pm.all_sum(x.sum().float()) / n_rows)
 
-        metrics = {
+        return {
             "objective/reward": row_mean(scores),
-            "objective/scores": row_mean(norm_scores),
+            "objective/scores": row_mean(shaped),
             "objective/kl": row_mean(k1.sum(1)),
             "objective/kl_penalty": row_mean(kl.sum(1)),
-            "objective/rlhf_reward": row_mean(scores - ppo.kl_coef * kl.sum(1)),
+            "objective/rlhf_reward": row_mean(scores - kl_coef * kl.sum(1)),
             "objective/entropy": float(pm.masked_mean(entropy, mask, True)),
             "objective/ppl": math.exp(float(pm.masked_mean(-old_logp, mask, True))),
-            "response_length": row_mean(lengths),
-            "val/mean": float(pm.masked_mean(values, mask, True)),
-            "val/returns": float(pm.masked_mean(returns, mask, True)),
+            "response_length": row_mean(mask.sum(1)),
         }
-        return batch, metrics
 
     def _ptx_loss(self, step: int) -> torch.Tensor:
         if isinstance(self.ptx, InstructionMix):

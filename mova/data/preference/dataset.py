@@ -138,7 +138,25 @@ class _Rows:
             raise DataError(f"{self.source}: no usable preference pairs ({len(self.skipped)} rows skipped)")
 
 
-class PreferenceDataset(Dataset):
+class _PairSequence(Dataset):
+    """What every pair collection shares, read from its ``records`` (one ``_Record`` per pair, in order)."""
+
+    records: list[_Record]
+
+    def __iter__(self) -> Iterator[PreferencePair]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+    @property
+    def has_image(self) -> list[bool]:
+        return [r.image_ref is not None for r in self.records]
+
+
+class PreferenceDataset(_PairSequence):
     """Validated preference pairs; ``ds[i]`` is a :class:`PreferencePair` with its image decoded.
 
     ``skipped`` lists the rows left out by ``skip_invalid`` as (index, id, reason); ``summary()`` counts
@@ -193,18 +211,6 @@ class PreferenceDataset(Dataset):
         return PreferencePair(
             rec.id, rec.index, [dict(t) for t in rec.prompt], rec.chosen, rec.rejected, None, dict(rec.meta)
         )
-
-    def __iter__(self) -> Iterator[PreferencePair]:
-        for i in range(len(self)):
-            yield self[i]
-
-    @property
-    def ids(self) -> list[str]:
-        return [r.id for r in self.records]
-
-    @property
-    def has_image(self) -> list[bool]:
-        return [r.image_ref is not None for r in self.records]
 
     def summary(self) -> dict[str, Any]:
         """Counts for logs and run summaries: ``rows`` in the source, ``filtered_out`` by the class
@@ -300,7 +306,7 @@ def _warn_duplicate_ids(records: list[_Record], label: str) -> None:
         )
 
 
-class PairSelection(Dataset):
+class PairSelection(_PairSequence):
     """Chosen positions of one or more preference datasets, as one dataset: a mixture of sources (a position
     may repeat when a source is oversampled) or a held-out split. Offers what the trainers read of a
     :class:`PreferenceDataset`: pairs with their images decoded on access, ``without_image``, ``has_image``,
@@ -324,18 +330,6 @@ class PairSelection(Dataset):
     def without_image(self, i: int) -> PreferencePair:
         ds, j = self.picks[i]
         return ds.without_image(j)
-
-    def __iter__(self) -> Iterator[PreferencePair]:
-        for i in range(len(self)):
-            yield self[i]
-
-    @property
-    def ids(self) -> list[str]:
-        return [r.id for r in self.records]
-
-    @property
-    def has_image(self) -> list[bool]:
-        return [r.image_ref is not None for r in self.records]
 
     def summary(self) -> dict[str, Any]:
         return {"source": self.source, **self.info, "kept": len(self.picks), "skipped": len(self.skipped),

@@ -29,40 +29,13 @@ from mova.data.preference.dataset import (
     _verify_image,
     _warn_duplicate_ids,
 )
+from mova.data.sources import card_data_files
 from mova.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+
 # --- SPA-VL -------------------------------------------------------------------------------------------
-def _card_data_files(folder: Path) -> dict[str, dict[str, str]] | None:
-    """``{config: {split: pattern}}`` from the ``configs:`` block of ``folder/README.md``'s YAML header
-    (how the hub maps configs to files), or ``None`` when the card has none."""
-    card = folder / "README.md"
-    if not card.is_file():
-        return None
-    text = card.read_text(encoding="utf-8")
-    if not text.startswith("---") or text.count("---") < 2:
-        return None
-    import yaml
-
-    try:
-        header = yaml.safe_load(text.split("---", 2)[1])
-    except yaml.YAMLError:
-        return None
-    if not isinstance(header, dict) or not isinstance(header.get("configs"), list):
-        return None
-    layout: dict[str, dict[str, str]] = {}
-    for entry in header["configs"]:
-        files = entry.get("data_files") if isinstance(entry, dict) else None
-        if isinstance(files, str):
-            files = [{"split": "train", "path": files}]
-        for item in files or []:
-            if isinstance(item, dict) and isinstance(item.get("path"), str):
-                layout.setdefault(str(entry.get("config_name", "default")), {})[str(item.get("split", "train"))] = \
-                    item["path"]
-    return layout or None
-
-
 def load_spavl_split(source: str, config: str, split: str, cache_dir: str | Path | None = None) -> Any:
     """SPA-VL's ``config`` / ``split`` as a ``datasets.Dataset``, from the hub id or a local folder.
 
@@ -82,7 +55,7 @@ def load_spavl_split(source: str, config: str, split: str, cache_dir: str | Path
         # copy when the two share a basename (seen: a regenerated mini set came back with the rows of an
         # older one). File-based cache keys follow the files' paths and mtimes.
         try:
-            layout = _card_data_files(folder) or SPAVL_LAYOUT
+            layout = card_data_files(folder) or SPAVL_LAYOUT
             if config not in layout or split not in layout[config]:
                 known = ", ".join(f"{c}/{s}" for c, splits in layout.items() for s in splits)
                 raise DataError(f"{label}: unknown SPA-VL config/split; known: {known}")
