@@ -650,6 +650,12 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
         data["stage"] = stage
     base = Path(path).resolve().parent if path else Path.cwd()
     model_base = base
+    overrides = list(overrides or [])
+    # `model=NAME` on the command line picks a preset or model file as `model: NAME` in the file would
+    # (and the `model.KEY=...` overrides after it then apply to that model)
+    for item in [o for o in overrides if o.startswith("model=")]:
+        data["model"] = item.split("=", 1)[1]
+        overrides.remove(item)
     if isinstance(data.get("model"), str):
         name = data["model"]
         if name in PRESETS:

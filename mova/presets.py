@@ -1,6 +1,6 @@
 """Named model presets: ``tiny`` builds every expert family and a small Llama in seconds on a CPU; ``smol-vlm``
-puts the real pretrained SmolLM2-135M-Instruct in the LLM's place (text-only work loads the LM itself by name:
-``init_from=smollm2-135m-instruct``)."""
+puts the real pretrained SmolLM2-135M-Instruct in the LLM's place; ``smol`` is SmolLM2 with no experts (text
+trainers can also load the LM itself by name: ``init_from=smollm2-135m-instruct``)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 SMOL_LLM = "smollm2-135m-instruct"
 #: ``smol-vlm``: the tiny preset's experts and fusion network in front of SmolLM2, in SmolLM2's chat template.
 PRESETS["smol-vlm"] = {**copy.deepcopy(PRESETS["tiny"]), "llm": {"name_or_path": SMOL_LLM}, "template": "tokenizer"}
+#: ``smol``: SmolLM2 alone, as a Mova model with no experts. Its logits are the plain LM's; it runs the VLM
+#: stages on text-only LLaVA records, and a config can add experts to it later (``experts=[...]``).
+PRESETS["smol"] = {"experts": [], "fusion": {"type": "mlp"}, "llm": {"name_or_path": SMOL_LLM}, "template": "tokenizer"}
 
 
 def preset_dict(name: str) -> dict[str, Any]:

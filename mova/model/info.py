@@ -112,6 +112,8 @@ def format_info(info: dict) -> str:
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
+    if not body:
+        out = ["no visual experts: a text-only model (images take no tokens)"]
 
     def span(lo: int, hi: int) -> str:
         return str(lo) if lo == hi else f"{lo}-{hi}"

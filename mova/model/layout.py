@@ -114,6 +114,9 @@ class VisualLayout:
             loc, adv = block_layout(static)
             locals_.append(loc)
             advances.append(adv)
+        if not locals_:  # a text-only model (no experts): an image takes no tokens
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty
         return torch.cat(locals_), torch.cat(advances)
 
     def num_tokens(self, ocr_lengths: tuple[int, ...] = ()) -> int:

@@ -245,6 +245,12 @@ class MovaProcessor(ProcessorMixin):
             if c != len(g):
                 raise PlaceholderMismatchError(
                     f"sample {i} has {c} {self.image_token} placeholder(s) but {len(g)} image(s)")
+        if any(grouped) and not self.layout.blocks:
+            # a text-only model would splice zero tokens per image: the image would be dropped in silence
+            first = next(i for i, g in enumerate(grouped) if g)
+            raise PlaceholderMismatchError(
+                f"sample {first} has an image but this model has no visual experts (a text-only preset such as "
+                "`smol`): leave text-only records, or use a preset with experts (e.g. `smol-vlm`)")
         return grouped
 
     def _encode_chunk(self, text: str, ocr_lengths: list[tuple[int, ...]]) -> list[int]:
