@@ -44,11 +44,11 @@ def images():
     return [random_image(i) for i in range(4)]
 
 
-def save_tiny_text_lm(folder, seed: int = 0):
+def save_tiny_text_lm(folder, seed: int = 0, tied: bool = False):
     """A 2-layer, 64-wide random Llama with the repository's tiny tokenizer, saved to ``folder``."""
     from mova.model.tiny import tiny_text_lm
 
-    return tiny_text_lm(folder, seed=seed)
+    return tiny_text_lm(folder, seed=seed, tied=tied)
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: int = 600):

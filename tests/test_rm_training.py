@@ -175,3 +175,23 @@ def test_two_process_zero2_rm_matches_one_process(synth, tmp_path):
     torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=1e-4, atol=1e-6)
     assert two["last_metrics"]["rewards/accuracies"] == pytest.approx(one["last_metrics"]["rewards/accuracies"])
     assert (out / "final" / "score_head.safetensors").is_file()
+
+
+def test_tied_embeddings_checkpoint_and_resume_like_an_uninterrupted_run(tmp_path):
+    """SmolLM2 ties its input embeddings to its LM head; the reward model's checkpoints must still save (one
+    copy of the shared tensor) and a resumed run must continue exactly as the uninterrupted one."""
+    root = tmp_path
+    save_tiny_text_lm(root / "lm", seed=1, tied=True)
+    train, _ = write_synthetic_prefs(root / "data", n_train=64, n_test=8, seed=1)
+    common = ("train.max_steps=4", "train.save_steps=2", "train.per_device_train_batch_size=8")
+    whole = _run(root, train, tmp_path / "whole", *common)
+    assert (tmp_path / "whole" / "checkpoint-2").is_dir()
+    part = tmp_path / "part"
+    _run(root, train, part, *common)
+    import shutil
+    shutil.rmtree(part / "checkpoint-4")
+    resumed = _run(root, train, part, *common, "train.resume_from_checkpoint=latest")
+    assert _losses(resumed)[-1] == pytest.approx(_losses(whole)[-1], rel=1e-4)
+    rm, _ = load_reward_model(whole["final_model"])
+    backbone = rm.backbone
+    assert backbone.get_input_embeddings().weight.data_ptr() == backbone.get_output_embeddings().weight.data_ptr()

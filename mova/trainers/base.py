@@ -72,6 +72,14 @@ def resolve_resume(output_dir: str, resume: str | None) -> str | None:
     return resume
 
 
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
 class MovaTrainer(Trainer):
     def __init__(self, *args: Any, max_nonfinite_in_a_row: int = 5, group_by_modality_length: bool = True,
                  part_options: dict[str, dict[str, float]] | None = None, **kwargs: Any):
@@ -224,6 +232,40 @@ class MovaTrainer(Trainer):
         if path and os.path.isfile(path):
             with open(path) as f:
                 self.load_extra_state(json.load(f))
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """A wrapper that is not a ``PreTrainedModel`` (a reward model, a DPO policy pair) is saved as a bare
+        state dict, which safetensors refuses when two names share one tensor: tied input and output
+        embeddings, as in SmolLM2. Each shared tensor is written once; loading (not strict) fills the tie."""
+        from transformers import PreTrainedModel
+
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if state_dict is None and not isinstance(model, PreTrainedModel) and not _is_peft(model):
+            state_dict, seen = {}, set()
+            for name, tensor in self.model.state_dict().items():
+                key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)) \
+                    if tensor.device.type != "meta" else None
+                if key is not None and key in seen:
+                    continue
+                seen.add(key)
+                state_dict[name] = tensor
+        super()._save(output_dir, state_dict=state_dict)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Resuming a wrapper saved by :meth:`_save`: a tied name is missing from the file by design (its tensor
+        was loaded under the other name). transformers' own check reads attributes only a ``PreTrainedModel``
+        has, so wrappers get this one; anything else missing or unexpected is still reported."""
+        if hasattr(self.model, "_keys_to_ignore_on_save"):
+            return super()._issue_warnings_after_load(load_result)
+        by_storage: dict[Any, list[str]] = defaultdict(list)
+        for name, tensor in self.model.state_dict().items():
+            by_storage[(tensor.untyped_storage().data_ptr(), tensor.storage_offset())].append(name)
+        tied = {n for names in by_storage.values() if len(names) > 1 for n in names}
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        if missing:
+            logger.warning("keys missing from the checkpoint, left as initialised: %s", missing)
+        if load_result.unexpected_keys:
+            logger.warning("keys in the checkpoint that the model does not have: %s", load_result.unexpected_keys)
 
     # --- checkpoints that appear only when complete -------------------------------------------
     def _get_output_dir(self, trial: Any) -> str:
