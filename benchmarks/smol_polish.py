@@ -15,7 +15,7 @@ prompt with their first example (``--shots``), each put to the model as one user
 (``--no-chat`` sends them raw).
 
     python benchmarks/smol_polish.py                 # calibration 4 levels x 24, then 200 problems, 2 rounds
-    python benchmarks/smol_polish.py --quick         # smoke run: 1 level x 4, 4 problems, 1 round
+    python benchmarks/smol_polish.py --quick         # smoke run: 1 level x 2, 2 problems, 1 round, 16 tokens
 """
 
 from __future__ import annotations
@@ -97,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-chat", action="store_true", help="send the few-shot prompts raw, not as a user turn")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 level x 4, 4 problems, 1 round")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 level x 2, 2 problems, 1 round, 16 tokens")
     args = p.parse_args(argv)
     levels = LEVELS
     if args.quick:
-        args.calibration, args.problems, args.rounds, args.max_new_tokens = 4, 4, 1, 32
+        args.calibration, args.problems, args.rounds, args.max_new_tokens = 2, 2, 1, 16
         levels = LEVELS[:1]
     from mova.data.polish_problems import load_problems
     from mova.evaluation.self_polish import format_polish_table
@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     problems = make_problems(args.problems, *chosen, seed=args.seed)
     generated, secs_g = run(backend, problems, args.rounds, chat, args.max_new_tokens, shots)
     fewshot_path = Path(__file__).resolve().parents[1] / "mova" / "assets" / "fewshot" / "gsm8k.jsonl"
-    bundled, _ = load_problems(fewshot_path, limit=4 if args.quick else None)
-    fewshot, secs_b = run(backend, bundled, args.rounds, chat, max(args.max_new_tokens, 160), shots)
+    bundled, _ = load_problems(fewshot_path, limit=1 if args.quick else None)
+    fewshot, secs_b = run(backend, bundled, args.rounds, chat,
+                          args.max_new_tokens if args.quick else max(args.max_new_tokens, 160), shots)
     print(f"\nSelf-Polish, up to {args.rounds} rewrite(s), final rule vote when the answers never agree")
     print(format_polish_table({f"generated ({len(problems)})": generated, f"bundled few-shot ({len(bundled)})":
                                fewshot}))

@@ -174,6 +174,24 @@ def test_generation_quick(tmp_path):
     assert checks["fp32"]["seeded sampled answers identical"] == "4 of 4"
 
 
+def test_smol_generation_quick(tmp_path):
+    """The real SmolLM2 (fetched once per environment): batched greedy answers equal one-at-a-time ones."""
+    out = run_quick("smol_generation.py", cwd=tmp_path).stdout
+    rows = table(out, "| batch size | tokens |")
+    assert [r["batch size"] for r in rows] == ["1", "4"]
+    assert all(number(r["tokens/s"]) > 0 for r in rows)
+    assert all(r["answers equal to batch 1"] == "4/4" for r in rows)
+
+
+def test_smol_polish_quick(tmp_path):
+    out = run_quick("smol_polish.py", cwd=tmp_path).stdout
+    assert table(out, "| steps | largest number |")
+    rows = {r[""]: r for r in table(out, "| | generated")}
+    for key in ("accuracy, no polishing (%)", "accuracy, Self-Polish (%)", "mean rewrites"):
+        assert 0 <= number(rows[key]["generated (2)"]) <= 100
+    assert number(rows["problems"]["bundled few-shot (1)"]) == 1
+
+
 # --- mova.artifacts ------------------------------------------------------------------------------
 def test_build_once_reuses_only_with_the_same_arguments(tmp_path, capsys):
     from mova.artifacts import RECORD, build_once
