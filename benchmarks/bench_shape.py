@@ -105,8 +105,8 @@ SHAPES: dict[str, dict[str, Any]] = {
                  {"family": "sam", "tiny": True, "position_scheme": "share_by_row"}],
               "llm": {"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2,
                       "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 4096},
-              "sft_batch": 4, "pack_tokens": 256, "answer_words": (4, 48), "records": 24,
-              "dpo_batch": 2, "pair_words": (4, 24), "pairs": 12,
+              "sft_batch": 4, "pack_tokens": 256, "answer_words": (4, 48), "records": 16,
+              "dpo_batch": 2, "pair_words": (4, 24), "pairs": 8,
               "rl_prompts": 2, "rl_generations": 2, "rl_new_tokens": 4, "rl_minibatch": 4, "rl_ckpt": False,
               "image_px": (64, 160)},
 }
