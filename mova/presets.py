@@ -1,6 +1,8 @@
 """Named model presets: ``tiny`` builds every expert family and a small Llama in seconds on a CPU; ``smol-vlm``
 puts the real pretrained SmolLM2-135M-Instruct in the LLM's place; ``smol`` is SmolLM2 with no experts (text
-trainers can also load the LM itself by name: ``init_from=smollm2-135m-instruct``)."""
+trainers can also load the LM itself by name: ``init_from=smollm2-135m-instruct``); ``bench`` has the 7B recipe's
+expert towers and position schemes before a 1.1B Llama, all from configs with random weights, so speed and memory
+can be measured at realistic shapes with nothing downloaded (``benchmarks/bench_shape.py``, docs/bench.md)."""
 
 from __future__ import annotations
 
@@ -61,3 +63,38 @@ def preset_dict(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise UnknownNameError("preset", name, PRESETS)
     return copy.deepcopy(PRESETS[name])
+
+
+#: ``bench``'s LLM: TinyLlama-1.1B's shape (22 layers, width 2048, grouped-query attention with 4 KV heads for
+#: 32 query heads, a 32K vocabulary, untied head), given the 7B recipe's 4096-position context.
+BENCH_LLM: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+#: ``bench``: train/configs/model/mova-7b.yaml's CLIP ViT-L/14-336 (penultimate layer, ``full`` positions) and SAM
+#: ViT-B (1024 px, 64 x 64 grid, ``share_by_row``) before :data:`BENCH_LLM`, in bf16 with sdpa. Nothing names
+#: weights, so every part is built from its config with random weights and nothing is downloaded. The CLIP tower
+#: uses QuickGELU as the ``openai`` weights the recipe loads do. The tokenizer is the tiny preset's (its ids are a
+#: subset of the 32K vocabulary; the embedding table and LM head keep their full size). LayoutLMv3 and the OCR
+#: words are left out: the first is a 196-token expert beside the 4672 tokens of these two, the second needs
+#: RapidOCR, which a stock GPU image lacks.
+PRESETS["bench"] = {
+    "experts": [
+        {"family": "clip", "model": "ViT-L-14-336", "feature_layer": -2, "position_scheme": "full",
+         "kwargs": {"quick_gelu": True}},
+        {"family": "sam", "model": "vit_b", "position_scheme": "share_by_row"},
+    ],
+    "fusion": {"type": "mlp"},
+    "llm": {"config": BENCH_LLM, "tokenizer": str(TINY_TOKENIZER)},
+    "template": "vicuna_v1",
+    "dtype": "bfloat16",
+    "attn_implementation": "sdpa",
+}

@@ -269,3 +269,26 @@ def test_grpo_vs_ppo_quick(tmp_path):
     for r in rows:
         assert 0 <= number(r["reward (last 5)"]) <= 1 and number(r["s / iteration"]) > 0
     assert (tmp_path / "g" / "grpo_vs_ppo.png").is_file()
+
+
+def test_bench_shape_quick(tmp_path):
+    out = run_quick("bench_shape.py", "--out", str(tmp_path / "bench"), cwd=tmp_path).stdout
+    sft = table(out, "| variant | tokens/s |")
+    assert [r["variant"] for r in sft] == ["padded, live", "packed, live", "packed, cached features",
+                                           "packed, live, act. ckpt"]
+    for r in sft:
+        assert number(r["tokens/s"]) > 0 and 0 < number(r["MFU"]) < 100 and number(r["step ms"]) > 0
+        assert re.fullmatch(r"[\d.,]+ \([\d.,]+-[\d.,]+\)", r["tokens/s"])  # median (min-max) of the repetitions
+    assert number(sft[0]["vs padded, live (tokens/s)"]) == 1.0
+    dpo = table(out, "| pair encoding | pairs/s |")
+    assert [r["pair encoding"] for r in dpo] == ["padded", "shared"]
+    # the shared layout lays each prompt (and its image tokens) out once: fewer token slots than the padded one
+    assert number(dpo[1]["token slots / step"]) < number(dpo[0]["token slots / step"])
+    rl = table(out, "| method | samples / iteration |")
+    assert [r["method"] for r in rl] == ["grpo", "ppo"]
+    for r in rl:
+        parts = [number(r[k]) for k in ("generate s", "score s", "train s")]
+        # medians of the parts need not add up to the median of the sums: close, not equal
+        assert number(r["iteration s"]) == pytest.approx(sum(parts), rel=0.25)
+        assert 0 < number(r["generation share"]) < 100
+    assert (tmp_path / "bench" / "results.md").read_text().count("###") == 3
