@@ -251,3 +251,40 @@ def test_grpo_vs_ppo_quick(tmp_path):
     for r in rows:
         assert 0 <= number(r["reward (last 5)"]) <= 1 and number(r["s / iteration"]) > 0
     assert (tmp_path / "g" / "grpo_vs_ppo.png").is_file()
+
+
+def test_rm_noisy_feature_heads_quick(tmp_path):
+    out = run_quick("rm_noisy.py", "--model", "tiny", "--out-dir", str(tmp_path / "rmf"), cwd=tmp_path).stdout
+    rows = table(out, "| method | 20% flipped |")
+    assert [r["method"] for r in rows] == ["bt", "label_smoothing", "margin", "flip", "flip+margin"]
+    assert all(0 <= number(r["20% flipped"]) <= 1 for r in rows)
+    found = table(out, "| flipped | flipped pairs the ensemble")
+    assert re.fullmatch(r"\d+/\d+", found[0]["flipped pairs the ensemble put below zero"])
+    assert list((tmp_path / "rmf").glob("features-seed0-*.safetensors")), "the features were not cached"
+
+
+def test_rm_noisy_features_are_last_token_states_whatever_the_padding(tmp_path):
+    """A text's feature must not depend on the batch it is padded into (left padding, last position)."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    from rm_noisy import lm_features
+
+    from mova.model.tiny import tiny_text_lm
+
+    tiny_text_lm(tmp_path / "lm", seed=0)
+    texts = ["Request 1: tell me about the lamp.\nClear answer.", "Hi.", "A much longer text than the others, "
+             "with many more words in it to force padding."]
+    alone = torch.cat([lm_features(str(tmp_path / "lm"), [t]) for t in texts])
+    batched = lm_features(str(tmp_path / "lm"), texts)
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(alone[0], alone[1])
+
+
+def test_smol_safety_dpo_quick(tmp_path):
+    out = run_quick("smol_safety_dpo.py", "--out", str(tmp_path / "ssd"), cwd=tmp_path).stdout
+    rows = table(out, "| model | harmful refused (%)")
+    assert [r["model"] for r in rows] == ["base", "DPO lr 0.001"]
+    for r in rows:
+        for col in ("harmful refused (%)", "benign refused (%)", "arithmetic (%)"):
+            assert 0 <= number(r[col]) <= 100
