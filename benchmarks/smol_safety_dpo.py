@@ -18,7 +18,7 @@ a short tip for a benign one; rejected = compliance, or an over-refusal / dismis
 two held-out templates of every task. One DPO run per learning rate in ``--lrs`` (same steps, batch, beta,
 LoRA rank), each evaluated.
 
-    python benchmarks/smol_safety_dpo.py                  # SmolLM2, lrs 5e-5 2e-4 5e-4, 60 steps each
+    python benchmarks/smol_safety_dpo.py                  # SmolLM2, lrs 1e-4 and 5e-4, 40 steps each
     python benchmarks/smol_safety_dpo.py --quick          # smoke run on a random 2-layer model, seconds
 """
 
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=480, help="training pairs (half harmful, half benign)")
     p.add_argument("--test", type=int, default=40, help="held-out questions per side (harmful, benign)")
     p.add_argument("--arith", type=int, default=40, help="arithmetic problems for the capability check")
-    p.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 2e-4, 5e-4])
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 5e-4])
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lora-r", type=int, default=16)
@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     from mova.model.known_models import resolve_known
 
     rows = [("base", None, evaluate(resolve_known(model) or model, harmful, benign, arith, args), {})]
-    print(f"base evaluated in {rows[0][2]['eval_seconds']:.0f} s: {json.dumps(rows[0][2]['examples'])}", flush=True)
+    base = rows[0][2]
+    print(f"base evaluated in {base['eval_seconds']:.0f} s: harmful refused {base['harmful_refusal']:.3f}, benign "
+          f"refused {base['benign_refusal']:.3f}, arithmetic {base['arith_accuracy']:.3f}; "
+          f"{json.dumps(base['examples'])}", flush=True)
     for lr in args.lrs:
         t0 = time.perf_counter()
         summary = train(args, model, pairs_path, out / f"lr{lr:g}", lr)
@@ -152,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(summary["final_model"], harmful, benign, arith, args)
         last = summary.get("last_metrics", {})
         rows.append((f"DPO lr {lr:g}", secs, result, last))
-        print(f"lr {lr:g}: trained in {secs:.0f} s, evaluated in {result['eval_seconds']:.0f} s, last metrics "
+        print(f"lr {lr:g}: trained in {secs:.0f} s, evaluated in {result['eval_seconds']:.0f} s: harmful refused "
+              f"{result['harmful_refusal']:.3f}, benign refused {result['benign_refusal']:.3f}, arithmetic "
+              f"{result['arith_accuracy']:.3f}; last metrics "
               f"{json.dumps(last)}; {json.dumps(result['examples'])}", flush=True)
 
     print("\n| model | harmful refused (%) | benign refused (%) | arithmetic (%) | DPO reward acc. (last) | "

@@ -288,3 +288,34 @@ def test_smol_safety_dpo_quick(tmp_path):
     for r in rows:
         for col in ("harmful refused (%)", "benign refused (%)", "arithmetic (%)"):
             assert 0 <= number(r[col]) <= 100
+
+
+def test_r3_arith_model_path_quick(tmp_path):
+    out = run_quick("r3_arith.py", "--model", "tiny", "--out", str(tmp_path / "r3m"), cwd=tmp_path).stdout
+    calib = table(out, "| steps | largest number |")
+    assert len(calib) == 1 and 0 <= number(calib[0]["accuracy (%)"]) <= 100
+    rows = table(out, "| seed | base | SFT |")
+    assert list(rows[0]) == ["seed", "base", "SFT", "outcome PPO", "R3 PPO", "R3 GRPO"]
+    runs = table(out, "| method | reward per iteration")
+    assert [r["method"] for r in runs] == ["outcome PPO", "R3 PPO", "R3 GRPO"]
+    assert all(number(r["peak RSS MiB"]) > 0 for r in runs)
+
+
+def test_smol_problems_hold_out_phrasings_and_solve_right():
+    sys.path.insert(0, str(BENCH))
+    from r3_arith import SMOL_PHRASINGS, SMOL_TEST_PHRASINGS, smol_problems
+
+    train = smol_problems(60, 2, 10, 0, test=False)
+    test = smol_problems(30, 2, 10, 0, test=True)
+    held = [s for pair in SMOL_PHRASINGS[-SMOL_TEST_PHRASINGS:] for s in pair]
+    verbs = [s.split("{n}")[0].replace("{p} ", "") for s in held]  # "receives ", "drops ", ...
+    assert not any(v in r["question"] for r in train for v in verbs)
+    assert all(any(v in r["question"] for v in verbs) for r in test)
+    for r in train + test:  # every rationale line is true arithmetic and the last value is the answer
+        lines = r["answer"].splitlines()
+        value = None
+        for line in lines[:-1]:
+            a, op, b, _, c = line.split()
+            assert (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c) >= 0
+            value = int(c)
+        assert lines[-1] == f"#### {value}"
