@@ -292,3 +292,71 @@ def test_bench_shape_quick(tmp_path):
         assert number(r["iteration s"]) == pytest.approx(sum(parts), rel=0.25)
         assert 0 < number(r["generation share"]) < 100
     assert (tmp_path / "bench" / "results.md").read_text().count("###") == 3
+
+
+def test_rm_noisy_feature_heads_quick(tmp_path):
+    out = run_quick("rm_noisy.py", "--model", "tiny", "--out-dir", str(tmp_path / "rmf"), cwd=tmp_path).stdout
+    rows = table(out, "| method | 20% flipped |")
+    assert [r["method"] for r in rows] == ["bt", "label_smoothing", "margin", "flip", "flip+margin"]
+    assert all(0 <= number(r["20% flipped"]) <= 1 for r in rows)
+    found = table(out, "| flipped | flipped pairs the ensemble")
+    assert re.fullmatch(r"\d+/\d+", found[0]["flipped pairs the ensemble put below zero"])
+    assert list((tmp_path / "rmf").glob("features-seed0-*.safetensors")), "the features were not cached"
+
+
+def test_rm_noisy_features_are_last_token_states_whatever_the_padding(tmp_path):
+    """A text's feature must not depend on the batch it is padded into (left padding, last position)."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    from rm_noisy import lm_features
+
+    from mova.model.tiny import tiny_text_lm
+
+    tiny_text_lm(tmp_path / "lm", seed=0)
+    texts = ["Request 1: tell me about the lamp.\nClear answer.", "Hi.", "A much longer text than the others, "
+             "with many more words in it to force padding."]
+    alone = torch.cat([lm_features(str(tmp_path / "lm"), [t]) for t in texts])
+    batched = lm_features(str(tmp_path / "lm"), texts)
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(alone[0], alone[1])
+
+
+def test_smol_safety_dpo_quick(tmp_path):
+    out = run_quick("smol_safety_dpo.py", "--out", str(tmp_path / "ssd"), cwd=tmp_path).stdout
+    rows = table(out, "| model | harmful refused (%)")
+    assert [r["model"] for r in rows] == ["base", "DPO lr 0.001"]
+    for r in rows:
+        for col in ("harmful refused (%)", "benign refused (%)", "arithmetic (%)"):
+            assert 0 <= number(r[col]) <= 100
+
+
+def test_r3_arith_model_path_quick(tmp_path):
+    out = run_quick("r3_arith.py", "--model", "tiny", "--out", str(tmp_path / "r3m"), cwd=tmp_path).stdout
+    calib = table(out, "| steps | largest number |")
+    assert len(calib) == 1 and 0 <= number(calib[0]["accuracy (%)"]) <= 100
+    rows = table(out, "| seed | base | SFT |")
+    assert list(rows[0]) == ["seed", "base", "SFT", "outcome PPO", "R3 PPO", "R3 GRPO"]
+    runs = table(out, "| method | reward per iteration")
+    assert [r["method"] for r in runs] == ["outcome PPO", "R3 PPO", "R3 GRPO"]
+    assert all(number(r["peak RSS MiB"]) > 0 for r in runs)
+
+
+def test_smol_problems_hold_out_phrasings_and_solve_right():
+    sys.path.insert(0, str(BENCH))
+    from r3_arith import SMOL_PHRASINGS, SMOL_TEST_PHRASINGS, smol_problems
+
+    train = smol_problems(60, 2, 10, 0, test=False)
+    test = smol_problems(30, 2, 10, 0, test=True)
+    held = [s for pair in SMOL_PHRASINGS[-SMOL_TEST_PHRASINGS:] for s in pair]
+    verbs = [s.split("{n}")[0].replace("{p} ", "") for s in held]  # "receives ", "drops ", ...
+    assert not any(v in r["question"] for r in train for v in verbs)
+    assert all(any(v in r["question"] for v in verbs) for r in test)
+    for r in train + test:  # every rationale line is true arithmetic and the last value is the answer
+        lines = r["answer"].splitlines()
+        value = None
+        for line in lines[:-1]:
+            a, op, b, _, c = line.split()
+            assert (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c) >= 0
+            value = int(c)
+        assert lines[-1] == f"#### {value}"
