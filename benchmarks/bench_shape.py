@@ -71,6 +71,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+START = time.perf_counter()
 
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
@@ -411,8 +412,23 @@ def build(cfg: Any, device: torch.device) -> tuple[Any, Any]:
     from mova.model.builder import build_model
 
     torch.manual_seed(cfg.train.seed)
-    model, processor = build_model(cfg.model, load_weights=True)  # nothing named: random init, no download
+    model, processor = on_device(device, lambda: build_model(cfg.model, load_weights=True))  # random init
     return model.to(device), processor
+
+
+def on_device(device: torch.device, make: Callable[[], Any]) -> Any:
+    """``make()`` with new tensors created on ``device`` (a GPU initialises 1.5B random weights in a fraction of
+    the time a CPU takes); where anything in it refuses that, ``make()`` again as it is."""
+    if device.type != "cuda":
+        return make()
+    try:
+        with torch.device(device):
+            return make()
+    except Exception as e:  # noqa: BLE001 - the plain path below is the reference behaviour
+        logging.getLogger(__name__).warning("building on %s failed (%s: %s); building on the CPU", device,
+                                            type(e).__name__, e)
+        free(device)
+        return make()
 
 
 def free(device: torch.device) -> None:
@@ -569,7 +585,7 @@ def profile_sft(args: argparse.Namespace, bench: SftBench, report: Report) -> No
     finally:
         args.warmup, args.steps = saved
         bench.cfg.train.max_steps = sum(saved)
-    key = "self_cuda_time_total" if args.device.type == "cuda" else "self_cpu_time_total"
+    key = "self_device_time_total" if args.device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=args.profile_rows, max_name_column_width=60)
     report.add("profile: top operators over 3 SFT steps (packed, live; one warm-up step included)",
                f"sorted by {key}\n\n```\n{table}\n```")
@@ -685,7 +701,7 @@ def rl_trainer(method: str, args: argparse.Namespace, root: Path, overrides: Seq
     cfg = run_config(method, model_dict(args.shape, args.dtype), root / method,
                      train_overrides(args, root / f"{method}-out", steps, 1) + extra + list(overrides))
     torch.manual_seed(0)
-    return (GrpoTrainer if method == "grpo" else PpoTrainer)(cfg)
+    return on_device(args.device, lambda: (GrpoTrainer if method == "grpo" else PpoTrainer)(cfg))
 
 
 def rl_iteration(trainer: Any) -> dict[str, float]:
@@ -778,6 +794,20 @@ def section_memory(args: argparse.Namespace, report: Report) -> None:
     rows = [r for r in MEMORY_ROWS if not args.memory_rows or any(r.startswith(p) for p in args.memory_rows)]
     results = []
     for row in rows:
+        if args.deadline and time.perf_counter() - START > args.deadline:
+            results.append({"row": row, "error": f"not run: past --deadline {args.deadline:.0f} s"})
+            continue
+        if args.device.type == "cuda":  # the allocator's peak resets per row: no process of its own needed
+            print(f"memory: {row} ...", file=sys.stderr, flush=True)
+            free(args.device)
+            saved, (args.warmup, args.steps) = (args.warmup, args.steps), (1, 1)
+            with tempfile.TemporaryDirectory() as tmp:
+                result = guarded(lambda name, rep: memory_row(args, name, Path(tmp)), args.device)(row, 0)
+            args.warmup, args.steps = saved
+            results.append({"row": row, **result})
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+            free(args.device)
+            continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-row", row, "--shape", args.shape,
                "--device", args.device.type, "--dtype", args.dtype, "--warmup", "1", "--steps", "1",
                "--clock", "wall", "--workers", "0"]
@@ -801,8 +831,9 @@ def section_memory(args: argparse.Namespace, report: Report) -> None:
         lines.append(f"| {r['row']} | {r['peak_mib']:,.0f} | {r['peak_mib'] / first[stage]:.2f}x |")
     lines.append("| ZeRO-2 / ZeRO-3 | n/a | one process: ZeRO shards optimizer states, gradients and weights "
                  "over processes, so with one there is nothing to shard (docs/distributed.md) |")
-    report.add(f"peak memory per stage (each row its own process: model build, 1 warm-up + 1 step, or 2 RL "
-               f"iterations; {what})", "\n".join(lines))
+    where = "in turn, the allocator's peak reset per row" if args.device.type == "cuda" else "each row its own process"
+    report.add(f"peak memory per stage ({where}: model build, then 1 warm-up + 1 step, or 2 RL iterations; {what})",
+               "\n".join(lines))
 
 
 # --- report --------------------------------------------------------------------------------------------------------
@@ -855,7 +886,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--memory-row", default=None, help=argparse.SUPPRESS)
     p.add_argument("--profile", action="store_true", help="torch profiler's top operators over SFT steps")
     p.add_argument("--profile-rows", type=int, default=15)
-    p.add_argument("--out", default=None, help="also write the report (results.md) into this folder")
+    p.add_argument("--out", default=None, help="also write the report (markdown) to this file")
+    p.add_argument("--deadline", type=float, default=0,
+                   help="seconds from start after which no further memory row is started (0: none)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="smoke run: the quick shape, 2 reps of 1 + 1 steps")
     if p.parse_known_args(argv)[0].quick:
@@ -897,8 +930,8 @@ def main(argv: list[str] | None = None) -> None:
             section_memory(args, report)
     print(report.text())
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "results.md").write_text(report.text())
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report.text())
 
 
 if __name__ == "__main__":
