@@ -3,8 +3,9 @@
 Three comparisons, each variant in its own subprocess (so that one run's memory never shows in
 another's peak), printed as one markdown table:
 
-1. ``text``: the same tiny Llama (4 layers, width 256), the same pairs (prompts of 10-60 words,
-   responses of 10-120), batch 8, a frozen reference copy in both, fp32 without activation checkpointing
+1. ``text``: the same model (``--model``: a tiny random Llama, 4 layers of width 256, or a real one such as
+   ``smollm2-135m-instruct``), the same pairs (prompts of 10-60 words, responses of 10-120, as raw text: no
+   chat template on either side), batch 8, a frozen reference copy in both, fp32 without activation checkpointing
    in both (TRL's DPOConfig turns on bf16 and checkpointing by default; they are turned off here): TRL
    1.16 ``DPOTrainer`` (padded ``[chosen; rejected]`` rows) vs ``mova train dpo`` (prompt once per pair,
    responses packed as a tree, no padding). pairs/s over ``--steps`` optimiser steps, from each
@@ -19,6 +20,10 @@ another's peak), printed as one markdown table:
    over the same batches of pairs laid out as trees in rows of 512 and 1024 tokens, all in one row, and
    as the padded ``[chosen; rejected]`` batch (a dense tree mask costs the square of the row length).
 
+Every comparison runs its variants in turns, ``--reps`` times each (A B, B A, ...: ``benchmarks/_timing.py``
+says why), and prints the median with the min-max of the repetitions; a speed-up is the ratio of the
+medians, with the range of the per-repetition ratios beside it.
+
 Peak memory: CUDA's allocator peak on a GPU; on a CPU the peak resident set minus the resident set just
 before (sampled every 2 ms), from loading the models to the end of training in ``text`` and
 ``reference`` (both trainers load a policy and a reference), over the timed steps in ``vlm``.
@@ -27,8 +32,9 @@ Usage::
 
     python benchmarks/dpo.py                            # text, vlm and reference, CPU
     python benchmarks/dpo.py --only text --steps 20
+    python benchmarks/dpo.py --only text --model smollm2-135m-instruct --steps 3 --reps 3
     python benchmarks/dpo.py --only rows --steps 5      # the row-length sweep
-    python benchmarks/dpo.py --quick                    # smoke run: every comparison, tiny sizes, seconds
+    python benchmarks/dpo.py --quick                    # smoke run: every comparison, tiny sizes, 2 reps
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _timing import add_reps_argument, interleaved, ratio_cell, stat  # noqa: E402
+
 WORDS = ("the model image safe answer question data red blue green house tree river city light paper stone "
          "music table window garden doctor market travel winter summer morning evening simple careful").split()
 BATCH = 8  # pairs per step (--batch)
@@ -64,6 +72,15 @@ def write_text_pairs(path: Path, n: int, seed: int = 0) -> list[dict[str, str]]:
             for _ in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
+
+
+def model_folder(root: Path, name: str) -> Path:
+    """The text comparison's model: ``tiny`` (a random Llama built in ``root``) or a known / local model."""
+    if name == "tiny":
+        return root / "llama"
+    from mova.model.checkpoints import resolve_checkpoint
+
+    return Path(resolve_checkpoint(name, "--model"))
 
 
 def tiny_llama(root: Path) -> Path:
@@ -106,17 +123,18 @@ class Peak:
 
 
 # --- one variant per subprocess -------------------------------------------------------------------
-def run_trl(root: Path, steps: int, batch: int) -> dict[str, Any]:
+def run_trl(root: Path, steps: int, batch: int, model_name: str = "tiny") -> dict[str, Any]:
     import torch
     import trl
     from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     rows = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines()]
     with Peak() as peak:  # from loading on, as for Mova (whose run_dpo loads, copies and trains)
-        tok = AutoTokenizer.from_pretrained(root / "llama")
-        model = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
-        ref = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
+        folder = model_folder(root, model_name)
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
+        ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
         args = trl.DPOConfig(output_dir=str(root / "trl"), per_device_train_batch_size=batch, max_steps=steps,
                              learning_rate=1e-5, report_to=[], use_cpu=not torch.cuda.is_available(),
                              max_length=None, logging_steps=steps, save_strategy="no", disable_tqdm=True, seed=0,
@@ -129,13 +147,15 @@ def run_trl(root: Path, steps: int, batch: int) -> dict[str, Any]:
     return {"runtime": out.metrics["train_runtime"], "train_s": out.metrics["train_runtime"], "mib": peak.mib}
 
 
-def run_mova_text(root: Path, steps: int, batch: int, reference: str) -> dict[str, Any]:
+def run_mova_text(root: Path, steps: int, batch: int, reference: str, model_name: str = "tiny") -> dict[str, Any]:
     from mova.config import DataConfig, RunConfig, TrainConfig
     from mova.trainers import dpo as dpo_mod
     from mova.trainers.dpo_config import DpoConfig
 
-    cfg = RunConfig(stage="dpo", init_from=str(root / "llama"),
-                    data=DataConfig(data_path=str(root / "pairs.jsonl"), group_by_modality_length=False),
+    # template "raw": prompt + response as plain text, the tokens TRL's DPOTrainer builds for these pairs
+    cfg = RunConfig(stage="dpo", init_from=str(model_folder(root, model_name)),
+                    data=DataConfig(data_path=str(root / "pairs.jsonl"), group_by_modality_length=False,
+                                    template="raw"),
                     train=TrainConfig(output_dir=str(root / f"mova-{reference}"), max_steps=steps,
                                       per_device_train_batch_size=batch, learning_rate=1e-5, save_steps=0,
                                       logging_steps=steps, report_to=[], warmup_ratio=0.0),
@@ -147,7 +167,7 @@ def run_mova_text(root: Path, steps: int, batch: int, reference: str) -> dict[st
     # precomputed: the scoring pass runs before train(); count it (its share of the end-to-end time).
     runtime = summary["train_runtime_s"] + (summary.get("reference_seconds") or 0.0)
     return {"runtime": runtime, "train_s": summary["train_runtime_s"], "mib": peak.mib, "end_to_end": total,
-            "note": f"scoring pass {summary['reference_seconds']:.1f} s" if summary.get("reference_seconds") else ""}
+            "reference_s": summary.get("reference_seconds") or 0.0}
 
 
 def run_vlm(root: Path, steps: int, batch: int, encoding: str, config: str = "mid") -> dict[str, Any]:
@@ -200,20 +220,23 @@ ROW_LAYOUTS: dict[str, tuple[str, int | None]] = {
     "tree, one row": ("shared", None), "padded [chosen; rejected]": ("padded", None)}
 
 
-def run_rows(root: Path, steps: int, batch: int) -> dict[str, Any]:
-    """Seconds per forward + backward (policy only) of each row layout over the same ``steps`` batches; the
-    layouts take turns batch by batch, after one warm-up pass each."""
+def run_rows(root: Path, steps: int, batch: int, reps: int = 1, model_name: str = "tiny") -> dict[str, Any]:
+    """Seconds per forward + backward (policy only) of each row layout over the same ``steps`` batches, ``reps``
+    passes; the layouts take turns batch by batch (the order rotating), after one warm-up pass each."""
     import statistics
 
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mova.data.pairs import PairEncoder, pair_collator, response_logps
     from mova.data.preference import load_text_preferences
 
-    tok = AutoTokenizer.from_pretrained(root / "llama")
-    model = LlamaForCausalLM.from_pretrained(root / "llama", dtype=torch.float32)
-    enc = PairEncoder(tok, "tokenizer" if getattr(tok, "chat_template", None) else "raw")
+    folder = model_folder(root, model_name)
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
+    enc = PairEncoder(tok, "raw")
     encoded = [enc.encode(p) for p in load_text_preferences(root / "pairs.jsonl")][:batch * steps]
     groups = [encoded[i:i + batch] for i in range(0, len(encoded), batch)]
     longest = max(p.num_tokens for p in encoded) * batch
@@ -229,27 +252,28 @@ def run_rows(root: Path, steps: int, batch: int) -> dict[str, Any]:
     cpu: dict[str, list[float]] = {name: [] for name in ROW_LAYOUTS}
     for name in ROW_LAYOUTS:
         step(batches[name][0], len(groups[0]))
-    for i, g in enumerate(groups):
-        for name in ROW_LAYOUTS:
-            t0, c0 = time.perf_counter(), time.process_time()
-            step(batches[name][i], len(g))
-            seconds[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+    def one(name: str, k: int) -> None:  # the k-th timed step: batch k mod steps, a pass per len(groups) steps
+        t0, c0 = time.perf_counter(), time.process_time()
+        step(batches[name][k % len(groups)], len(groups[k % len(groups)]))
+        seconds[name].append(time.perf_counter() - t0)
+        cpu[name].append(time.process_time() - c0)
+
+    interleaved(list(ROW_LAYOUTS), reps * len(groups), one)
     return {"tokens_per_pair": statistics.mean(p.num_tokens for p in encoded),
-            "layouts": {name: {"seconds": statistics.median(seconds[name]), "cpu": statistics.median(cpu[name]),
+            "layouts": {name: {"seconds": seconds[name], "cpu": cpu[name],
                                "rows": statistics.mean(b["input_ids"].shape[0] for b in batches[name]),
                                "width": statistics.mean(b["input_ids"].shape[1] for b in batches[name])}
                         for name in ROW_LAYOUTS}}
 
 
 VARIANTS = {
-    "text/trl": lambda root, a: run_trl(root, a.steps, a.batch),
-    "text/mova": lambda root, a: run_mova_text(root, a.steps, a.batch, "copy"),
+    "text/trl": lambda root, a: run_trl(root, a.steps, a.batch, a.model),
+    "text/mova": lambda root, a: run_mova_text(root, a.steps, a.batch, "copy", a.model),
     "vlm/padded": lambda root, a: run_vlm(root, a.steps, a.batch, "padded", a.vlm_config),
     "vlm/shared": lambda root, a: run_vlm(root, a.steps, a.batch, "shared", a.vlm_config),
-    "reference/live": lambda root, a: run_mova_text(root, a.steps, a.batch, "copy"),
-    "reference/precomputed": lambda root, a: run_mova_text(root, a.steps, a.batch, "precomputed"),
-    "rows/sweep": lambda root, a: run_rows(root, a.steps, a.batch),
+    "reference/live": lambda root, a: run_mova_text(root, a.steps, a.batch, "copy", a.model),
+    "reference/precomputed": lambda root, a: run_mova_text(root, a.steps, a.batch, "precomputed", a.model),
+    "rows/sweep": lambda root, a: run_rows(root, a.steps, a.batch, a.reps, a.model),
 }
 COMPARISONS = {"text": ("text/trl", "text/mova"), "vlm": ("vlm/padded", "vlm/shared"),
                "reference": ("reference/live", "reference/precomputed"), "rows": ("rows/sweep",)}
@@ -258,7 +282,8 @@ COMPARISONS = {"text": ("text/trl", "text/mova"), "vlm": ("vlm/padded", "vlm/sha
 def _in_subprocess(variant: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One variant in a fresh process (its memory never shows in another's peak); its RESULT line."""
     proc = subprocess.run([sys.executable, __file__, "--one", variant, "--root", str(root), "--steps", str(args.steps),
-                           "--batch", str(args.batch), "--vlm-config", args.vlm_config], capture_output=True,
+                           "--batch", str(args.batch), "--vlm-config", args.vlm_config, "--model", args.model,
+                           "--reps", str(args.reps)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode or line is None:
@@ -271,18 +296,22 @@ def _in_subprocess(variant: str, root: Path, args: argparse.Namespace) -> dict[s
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="text,vlm,reference", help="comma-separated: text, vlm, reference, rows")
-    p.add_argument("--steps", type=int, default=20, help="optimiser steps (rows: batches timed)")
+    p.add_argument("--steps", type=int, default=20, help="optimiser steps per run (rows: batches timed per pass)")
     p.add_argument("--batch", type=int, default=BATCH, help="pairs per step")
+    p.add_argument("--model", default="tiny",
+                   help="text, reference and rows comparisons: tiny (a random Llama) or a model folder / known name "
+                        "(smollm2-135m-instruct)")
     p.add_argument("--vlm-config", default="mid", help="the vlm comparison's model (train_throughput's configs)")
+    add_reps_argument(p)
     p.add_argument("--out", default=None, help="working folder (default: a new temporary one)")
     p.add_argument("--in-process", action="store_true",
                    help="run the variants in this process (faster; peak memory then includes earlier variants)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: every comparison, tiny sizes, one step, in this process")
+                   help="smoke run: every comparison, tiny sizes, one step, 2 reps in turns, in this process")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     if p.parse_known_args(argv)[0].quick:  # quick sizes are defaults: explicit arguments still win
-        p.set_defaults(only="text,vlm,reference,rows", steps=1, batch=2, vlm_config="tiny", in_process=True)
+        p.set_defaults(only="text,vlm,reference,rows", steps=1, batch=2, vlm_config="tiny", in_process=True, reps=2)
     args = p.parse_args(argv)
     if args.one:
         result = VARIANTS[args.one](Path(args.root), args)
@@ -291,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mova-dpo-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     write_text_pairs(root / "pairs.jsonl", args.batch * (args.steps + 2))
-    tiny_llama(root)
+    if args.model == "tiny":
+        tiny_llama(root)
     rows, sweep = [], None
     names = args.only.split(",")
     run = (lambda variant: VARIANTS[variant](root, args)) if args.in_process else \
@@ -304,27 +334,39 @@ def main(argv: list[str] | None = None) -> None:
             sweep = run("rows/sweep")
             continue
         base, ours = COMPARISONS[name]
-        res = {variant: run(variant) for variant in (base, ours)}
+        res = interleaved((base, ours), args.reps, lambda variant, _rep: run(variant),
+                          lambda variant, rep, r: print(f"{variant} rep {rep + 1}: {r['runtime']:.1f} s, "
+                                                        f"{r['mib']:.0f} MiB", file=sys.stderr, flush=True))
+        pps = {v: stat([args.batch * args.steps / r["runtime"] for r in res[v]]) for v in (base, ours)}
+        mib = {v: stat([r["mib"] for r in res[v]]) for v in (base, ours)}
         for variant in (base, ours):
-            r = res[variant]
-            rows.append((name, variant.split("/")[1], args.batch * args.steps / r["runtime"], r["train_s"], r["mib"],
-                         res[base]["runtime"] / r["runtime"], r["mib"] / res[base]["mib"], r.get("note", "")))
+            scoring = [r.get("reference_s", 0.0) for r in res[variant]]
+            note = f"scoring pass {stat(scoring).cell('.1f')} s" if any(scoring) else ""
+            rows.append((name, variant.split("/")[1], pps[variant].cell(), stat([r["train_s"] for r in res[variant]]),
+                         mib[variant].cell(".0f"), ratio_cell(pps[variant], pps[base]),
+                         ratio_cell(mib[variant], mib[base]), note))
     if rows:
         where = "all in one process: peak memory not comparable" if args.in_process else "each in its own process"
-        print(f"\nDPO throughput, batch {args.batch} pairs, {args.steps} steps, {where}\n")
+        model = f", text model {args.model}" if any(r[0] in ("text", "reference") for r in rows) else ""
+        print(f"\nDPO throughput, batch {args.batch} pairs, {args.steps} steps per run{model}, {args.reps} runs of "
+              f"each variant in turns, {where}; median (min-max) of the runs, ratios of medians (range of per-run "
+              f"ratios)\n")
         print("| comparison | variant | pairs/s | train loop s | peak MiB added | speed-up | memory vs first | note |")
         print("|---|---|---:|---:|---:|---:|---:|---|")
-        for name, variant, pps, train_s, mib, speed, mem, note in rows:
-            print(f"| {name} | {variant} | {pps:.2f} | {train_s:.1f} | {mib:.0f} | {speed:.2f}x | {mem:.2f}x "
+        for name, variant, pps_cell, train_s, mib_cell, speed, mem, note in rows:
+            print(f"| {name} | {variant} | {pps_cell} | {train_s.cell('.1f')} | {mib_cell} | {speed} | {mem} "
                   f"| {note} |")
     if sweep is not None:
-        print(f"\nDPO row layouts: forward + backward of the text model, {args.batch} pairs of "
-              f"{sweep['tokens_per_pair']:.0f} tokens on average, median over {args.steps} batches\n")
-        print("| layout | rows x width (token slots) | s per forward + backward | CPU s |")
-        print("|---|---|---:|---:|")
+        base = stat(sweep["layouts"]["padded [chosen; rejected]"]["seconds"])
+        print(f"\nDPO row layouts: forward + backward of the text model ({args.model}), {args.batch} pairs of "
+              f"{sweep['tokens_per_pair']:.0f} tokens on average, {args.steps} batches x {args.reps} passes, layouts "
+              f"in turns; median (min-max) over those steps\n")
+        print("| layout | rows x width (token slots) | s per forward + backward | CPU s | speed-up vs padded |")
+        print("|---|---|---:|---:|---:|")
         for name, r in sweep["layouts"].items():
             slots = f"{r['rows']:.1f} x {r['width']:.0f} ({r['rows'] * r['width']:,.0f})"
-            print(f"| {name} | {slots} | {r['seconds']:.2f} | {r['cpu']:.2f} |")
+            sec = stat(r["seconds"])
+            print(f"| {name} | {slots} | {sec.cell()} | {stat(r['cpu']).cell()} | {ratio_cell(base, sec)} |")
 
 
 if __name__ == "__main__":

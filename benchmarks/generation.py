@@ -30,6 +30,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import add_reps_argument, interleaved, ratio_cell, stat  # noqa: E402
 
 WORDS = ("the model image safe answer question data red blue green house tree river city light paper stone "
          "music table window garden doctor market travel winter summer morning evening simple careful").split()
@@ -77,9 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="for the throughput table")
     p.add_argument("--check-dtypes", default="fp32,bf16", help="dtypes of the batched-vs-alone checks ('' : none)")
     p.add_argument("--check-prompts", type=int, default=8, help="prompts in the checks")
-    p.add_argument("--quick", action="store_true", help="smoke run: a tiny model, a few prompts and tokens")
+    add_reps_argument(p)
+    p.add_argument("--quick", action="store_true", help="smoke run: a tiny model, a few prompts and tokens, 2 reps")
     if p.parse_known_args(argv)[0].quick:  # quick sizes are defaults: explicit arguments still win
-        p.set_defaults(layers=2, width=64, prompts=8, new_tokens=8, batch_sizes="1,4", check_prompts=4)
+        p.set_defaults(layers=2, width=64, prompts=8, new_tokens=8, batch_sizes="1,4", check_prompts=4, reps=2)
     args = p.parse_args(argv)
 
     import torch
@@ -97,18 +101,23 @@ def main(argv: list[str] | None = None) -> None:
         model = load(args.dtype)
         prompts = prompts_of(args.prompts)
         generate(model, tok, prompts[:2], 2, 2)  # warm-up
-        rows = []
-        for bs in sizes:
+
+        def run(name: str, _rep: int) -> tuple[float, float, int]:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0, c0 = time.perf_counter(), time.process_time()
-            gens = generate(model, tok, prompts, bs, args.new_tokens)
+            gens = generate(model, tok, prompts, int(name), args.new_tokens)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             tokens = sum(g.num_tokens for g in gens)
-            rows.append((bs, seconds, cpu, tokens))
-            print(f"batch size {bs}: {tokens / seconds:.1f} tokens/s", file=sys.stderr, flush=True)
+            print(f"batch size {name}: {tokens / seconds:.1f} tokens/s", file=sys.stderr, flush=True)
+            return seconds, cpu, tokens
+
+        # batch sizes in turns, --reps times each (benchmarks/_timing.py)
+        runs = interleaved([str(bs) for bs in sizes], args.reps, run)
+        rows = [(bs, stat([r[0] for r in runs[str(bs)]]), stat([r[1] for r in runs[str(bs)]]),
+                 runs[str(bs)][0][2], stat([r[2] / r[0] for r in runs[str(bs)]])) for bs in sizes]
         checks = []
         big = max(sizes)
         for dtype in [d for d in args.check_dtypes.split(",") if d]:
@@ -129,13 +138,13 @@ def main(argv: list[str] | None = None) -> None:
     device = args.device + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else
                             f" ({torch.get_num_threads()} threads)")
     print(f"\ngeneration, random {args.layers}-layer {args.width}-wide Llama, {args.dtype}, {device}, torch "
-          f"{torch.__version__}: {args.prompts} prompts x up to {args.new_tokens} new tokens, greedy\n")
+          f"{torch.__version__}: {args.prompts} prompts x up to {args.new_tokens} new tokens, greedy; batch sizes in "
+          f"turns, {args.reps} runs each: median (min-max), ratios of medians (range of per-run ratios)\n")
     print("| batch size | seconds | CPU seconds | tokens | tokens/s | speed-up vs batch size 1 |")
     print("|---:|---:|---:|---:|---:|---:|")
-    base = rows[0][3] / rows[0][1]
-    for bs, seconds, cpu, tokens in rows:
-        print(f"| {bs} | {seconds:.2f} | {cpu:.2f} | {tokens} | {tokens / seconds:,.1f} | "
-              f"{tokens / seconds / base:.2f}x |")
+    base = rows[0][4]
+    for bs, seconds, cpu, tokens, rate in rows:
+        print(f"| {bs} | {seconds.cell()} | {cpu.cell()} | {tokens} | {rate.cell(',.1f')} | {ratio_cell(rate, base)} |")
     if checks:
         print(f"\nbatch size {big} vs 1, {args.new_tokens} new tokens\n")
         print("| dtype | max abs step-logit difference (greedy) | greedy answers identical | "

@@ -30,9 +30,20 @@ parameters per visual token; each live expert ``2 x`` its parameters per token i
 backward), nothing when features are read. Attention scores are left out (an undercount that is large
 at the tiny widths, a few percent for ``gpu``), and so is padding: MFU counts useful work only.
 
+Repetitions: ``--reps`` rounds (default 3) of ``--steps`` timed steps per variant, the variants taking turns
+step by step (``benchmarks/_timing.py`` says why); each cell is the median over rounds with its min-max, and
+each ratio is a ratio of medians with the range of the per-round ratios.
+
+Loss: the trainers' (:func:`mova.trainers.label_loss.label_loss`: the LM head at label positions only, a
+chunked cross-entropy). ``--memory`` compares it with the model's own full-logits loss
+(``model(**batch).loss``) on the same batches: peak memory a step adds (the process RSS sampled every 2 ms on
+a CPU, minus the RSS before the step; CUDA's allocator peak on a GPU) and speed. Its default config is
+``smol``: the ``smol-vlm`` preset's experts (no OCR) before SmolLM2-135M's shape (49k-token vocabulary).
+
 Usage::
 
     python benchmarks/train_throughput.py --clock cpu          # the CPU table the README quotes
+    python benchmarks/train_throughput.py --memory --steps 2   # smol-vlm sft: full-logits loss vs label positions
     python benchmarks/train_throughput.py --quick              # smoke run: tiny config, a few small steps
     python benchmarks/train_throughput.py --configs mid --stages align
     python benchmarks/train_throughput.py --device cuda --dtype bf16
@@ -52,14 +63,16 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from _timing import add_reps_argument, ratio_cell, stat  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from mova.config import DataConfig, ModelConfig, apply_overrides, from_dict  # noqa: E402
@@ -72,6 +85,7 @@ from mova.data.llava import (  # noqa: E402
 from mova.model.builder import build_model  # noqa: E402
 from mova.model.modeling_mova import MovaForCausalLM  # noqa: E402
 from mova.presets import preset_dict  # noqa: E402
+from mova.trainers.label_loss import label_loss  # noqa: E402
 
 #: dense bf16 peak of the chips this is run on (H100 / H200 SXM), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -81,7 +95,12 @@ WORDS = ("the a red blue circle square image shows small large left right top bo
 
 # --- configs -------------------------------------------------------------------------------------
 def model_config(name: str, dtype: str) -> ModelConfig:
-    """``tiny`` (preset, no OCR) or ``mid`` (experts dominate the step); context widened for long samples."""
+    """``tiny`` (preset, no OCR), ``mid`` (experts dominate the step), ``smol`` (the smol-vlm preset without OCR:
+    SmolLM2-135M's shape, random weights) or ``gpu``; context widened for long samples."""
+    if name == "smol":
+        data = preset_dict("smol-vlm")
+        data["experts"] = [e for e in data["experts"] if e["family"] != "ocr_text"]
+        return from_dict(ModelConfig, apply_overrides(data, [f"dtype={dtype}", "attn_implementation=sdpa"]), "model")
     data = preset_dict("tiny")
     data["experts"] = [e for e in data["experts"] if e["family"] != "ocr_text"]
     if name == "mid":
@@ -100,7 +119,7 @@ def model_config(name: str, dtype: str) -> ModelConfig:
         data["llm"]["config"].update(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
                                      num_attention_heads=16, num_key_value_heads=16)
     elif name != "tiny":
-        raise SystemExit(f"unknown config {name!r} (tiny, mid, gpu)")
+        raise SystemExit(f"unknown config {name!r} (tiny, mid, smol, gpu)")
     overrides = ["llm.config.max_position_embeddings=4096", f"dtype={dtype}", "attn_implementation=sdpa"]
     return from_dict(ModelConfig, apply_overrides(data, overrides), "model")
 
@@ -212,17 +231,18 @@ class PeakMemory:
     """Peak memory over a block: CUDA's allocator peak, or the process RSS sampled every 2 ms on a CPU."""
 
     def __init__(self, device: torch.device):
-        self.device, self.peak, self._stop = device, 0, threading.Event()
+        self.device, self.peak, self.start, self._stop = device, 0, 0, threading.Event()
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
         else:
             import psutil
 
             _trim_heap()
             proc = psutil.Process()
-            self.peak = proc.memory_info().rss
+            self.peak = self.start = proc.memory_info().rss
 
             def sample() -> None:
                 while not self._stop.wait(0.002):
@@ -266,6 +286,7 @@ class Variant:
     batching: str
     experts: str
     batches: list[tuple[dict[str, Any], int]]  # (batch on the device, samples in it)
+    loss: str = "label"  # label: label_loss (the trainers'); full: model(**batch).loss
     seconds: float = 0.0
     samples: int = 0
     tokens: int = 0
@@ -273,6 +294,8 @@ class Variant:
     flops: float = 0.0
     peak: int = 0
     steps: int = 0
+    #: per round (``--reps``): seconds, samples, tokens, and the most memory one step added
+    rounds: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -281,8 +304,10 @@ class Result:
     stage: str
     batching: str
     experts: str
-    samples_s: float
-    tokens_s: float
+    loss: str
+    samples_s: Any  # _timing.Stat over rounds
+    tokens_s: Any
+    added_mib: Any
     pad_frac: float
     step_ms: float
     peak_mib: float
@@ -291,7 +316,7 @@ class Result:
 
 
 def run_variants(model: MovaForCausalLM, variants: list[Variant], train_llm: bool, warmup: int, steps: int,
-                 device: torch.device, clock: Any = time.perf_counter) -> None:
+                 device: torch.device, clock: Any = time.perf_counter, reps: int = 1) -> None:
     """Warm each variant up, then time ``steps`` forward + backward + AdamW steps of each, interleaved.
 
     The warm-up covers every batch that is timed (``max(warmup, len(batches))`` steps), so no timed step
@@ -299,30 +324,40 @@ def run_variants(model: MovaForCausalLM, variants: list[Variant], train_llm: boo
 
     Interleaving (one step of each variant per round, the order rotating) spreads any drift of a shared
     machine's load evenly over the variants, so their ratios stay meaningful even when absolute numbers
-    wander. One optimizer serves all variants: throughput does not depend on the weights' values.
+    wander. One optimizer serves all variants: throughput does not depend on the weights' values. ``reps``
+    rounds of ``steps`` steps each; every variant records its totals per round.
     """
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def step(batch: dict[str, Any]) -> None:
-        model(**batch).loss.backward()
+    def step(batch: dict[str, Any], loss: str) -> None:
+        (label_loss(model, batch) if loss == "label" else model(**batch).loss).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     for v in variants:
         for i in range(max(warmup, len(v.batches))):
-            step(v.batches[i % len(v.batches)][0])
-    for i in range(steps):
-        for v in variants[i % len(variants):] + variants[:i % len(variants)]:
+            step(v.batches[i % len(v.batches)][0], v.loss)
+    for k in range(reps * steps):
+        i = k % steps
+        if i == 0:
+            for v in variants:
+                v.rounds.append([0.0, 0, 0, 0.0])
+        for v in variants[k % len(variants):] + variants[:k % len(variants)]:
             batch, n = v.batches[i % len(v.batches)]
             sync()
             with PeakMemory(device) as mem:
                 start = clock()
-                step(batch)
+                step(batch, v.loss)
                 sync()
-                v.seconds += clock() - start
+                took = clock() - start
+            v.seconds += took
             v.peak = max(v.peak, mem.peak)
+            v.rounds[-1][0] += took
+            v.rounds[-1][1] += n
+            v.rounds[-1][2] += int(batch["attention_mask"].sum())
+            v.rounds[-1][3] = max(v.rounds[-1][3], (mem.peak - mem.start) / 2**20)
             v.steps += 1
             v.samples += n
             v.tokens += int(batch["attention_mask"].sum())
@@ -364,13 +399,16 @@ def bench_config(name: str, stage: str, args: argparse.Namespace, root: Path) ->
         for batching, collate in collators.items():
             batches = [(to_device(collate(g), device, model.dtype), len(g)) for g in groups]
             variants.append(Variant(batching, experts, batches))
+    if args.memory:  # the same batches through both losses
+        variants = [Variant(v.batching, v.experts, v.batches, loss) for v in variants[:1] for loss in ("full", "label")]
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
-    run_variants(model, variants, train_llm, args.warmup, args.steps, device, clock)
+    run_variants(model, variants, train_llm, args.warmup, args.steps, device, clock, args.reps)
     peak = peak_flops(device)
     results = []
     for v in variants:
         flops_s = v.flops / v.seconds
-        results.append(Result(name, stage, v.batching, v.experts, v.samples / v.seconds, v.tokens / v.seconds,
+        results.append(Result(name, stage, v.batching, v.experts, v.loss, stat([r[1] / r[0] for r in v.rounds]),
+                              stat([r[2] / r[0] for r in v.rounds]), stat([r[3] for r in v.rounds]),
                               1 - v.tokens / v.slots, 1000 * v.seconds / v.steps, v.peak / 2**20, flops_s / 1e12,
                               flops_s / peak if peak else None))
     return results
@@ -385,15 +423,27 @@ def markdown(results: list[Result], device: str) -> str:
         same = {(o.batching.split()[0], o.experts.split()[0]): o for o in results
                 if (o.config, o.stage) == (r.config, r.stage)}
         kind, src = r.batching.split()[0], r.experts.split()[0]
-        pack = r.tokens_s / same[("padded", src)].tokens_s if kind == "packed" else None
-        feat = r.samples_s / same[(kind, "live")].samples_s if src == "features" else None
+        pack = ratio_cell(r.tokens_s, same[("padded", src)].tokens_s) if kind == "packed" else "-"
+        feat = ratio_cell(r.samples_s, same[(kind, "live")].samples_s) if src == "features" else "-"
         lines.append(
-            f"| {r.config} | {r.stage} | {r.batching} | {r.experts} | {r.samples_s:,.1f} | {r.tokens_s:,.0f} "
-            f"| {100 * r.pad_frac:.0f} | {r.step_ms:,.1f} | {r.peak_mib:,.0f} | {r.tflops:.3f} "
-            f"| {'-' if r.mfu is None else f'{100 * r.mfu:.1f}%'} | {'-' if pack is None else f'{pack:.2f}'} "
-            f"| {'-' if feat is None else f'{feat:.2f}'} |")
+            f"| {r.config} | {r.stage} | {r.batching} | {r.experts} | {r.samples_s.cell('.1f')} "
+            f"| {r.tokens_s.cell(',.0f')} | {100 * r.pad_frac:.0f} | {r.step_ms:,.1f} | {r.peak_mib:,.0f} "
+            f"| {r.tflops:.3f} | {'-' if r.mfu is None else f'{100 * r.mfu:.1f}%'} | {pack} | {feat} |")
     mem = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "peak process RSS during timed steps"
-    return "\n".join(lines) + f"\n\npeak MiB: {mem}; pad %: padded slots / all slots; tokens/s: non-pad tokens."
+    return "\n".join(lines) + (f"\n\npeak MiB: {mem}; pad %: padded slots / all slots; tokens/s: non-pad tokens; "
+                               "cells: median (min-max) over rounds; ratios: of medians (range of per-round ratios).")
+
+
+def memory_markdown(results: list[Result]) -> str:
+    """``--memory``: the full-logits loss against the label-position loss, per config and stage."""
+    lines = ["| config | stage | loss | samples/s | step MiB added | memory vs full logits | speed vs full logits |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        full = next(o for o in results if (o.config, o.stage, o.loss) == (r.config, r.stage, "full"))
+        name = "full logits (model(**batch).loss)" if r.loss == "full" else "label positions (label_loss)"
+        lines.append(f"| {r.config} | {r.stage} | {name} | {r.samples_s.cell('.2f')} | {r.added_mib.cell(',.0f')} "
+                     f"| {ratio_cell(r.added_mib, full.added_mib)} | {ratio_cell(r.samples_s, full.samples_s)} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -412,10 +462,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="cpu: time the main thread's CPU time, with one torch thread (fair on a shared, busy "
                         "machine, where wall time mostly measures the other tenants)")
     p.add_argument("--seed", type=int, default=0)
+    add_reps_argument(p)
+    p.add_argument("--memory", action="store_true",
+                   help="compare the full-logits loss with the label-position loss (padded batches, live experts); "
+                        "default config smol, stage sft")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: the tiny config, 4 samples per step, 2 timed steps per variant")
-    if p.parse_known_args(argv)[0].quick:  # quick sizes are defaults: explicit arguments still win
-        p.set_defaults(configs="tiny", batch_size=4, steps=2)
+                   help="smoke run: the tiny config, 4 samples per step, 2 rounds of 1 timed step per variant")
+    known = p.parse_known_args(argv)[0]
+    if known.memory:
+        p.set_defaults(configs="smol", stages="sft", batch_size=8)
+    if known.quick:  # quick sizes are defaults: explicit arguments still win
+        p.set_defaults(configs="tiny", batch_size=4, steps=1, reps=2)
     args = p.parse_args(argv)
     if args.clock == "cpu":
         if args.device != "cpu":
@@ -431,12 +488,14 @@ def main(argv: list[str] | None = None) -> None:
             for stage in args.stages.split(","):
                 print(f"{name} / {stage} ...", file=sys.stderr, flush=True)
                 results += bench_config(name, stage, args, Path(tmp))
-                print(markdown(results, args.device), file=sys.stderr, flush=True)  # partial results as they come
+                partial = memory_markdown(results) if args.memory else markdown(results, args.device)
+                print(partial, file=sys.stderr, flush=True)  # partial results as they come
     device = args.device + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else
                             f" ({torch.get_num_threads()} threads)")
     print(f"\n{device}, {args.dtype}, {args.batch_size} samples/step, {max(args.warmup, args.steps)} warm-up + "
-          f"{args.steps} timed steps per variant (interleaved), {args.clock} clock, torch {torch.__version__}\n")
-    print(markdown(results, args.device))
+          f"{args.reps} rounds x {args.steps} timed steps per variant (interleaved), {args.clock} clock, torch "
+          f"{torch.__version__}\n")
+    print(memory_markdown(results) if args.memory else markdown(results, args.device))
 
 
 if __name__ == "__main__":

@@ -177,3 +177,35 @@ def test_run_stage_trains_with_packing(tmp_path, monkeypatch):
     # lr 0 keeps the weights fixed, so every step sees the same model: the packed mean token loss equals the
     # padded one over the same samples (same data order, same seed)
     assert first_loss[True] == pytest.approx(first_loss[False], rel=1e-5)
+
+
+@pytest.mark.parametrize("branches", [False, True])
+def test_sample_by_sample_sdpa_equals_eager_under_the_dense_mask(branches):
+    """sdpa with the samples' spans (:func:`sample_sdpa_attention`) against eager attention under the dense
+    mask, on a grouped-query Llama (SmolLM2's head layout): same logits and gradients, padding aside."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mova.model.packing import SPANS_KWARG
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64)
+    seq = torch.tensor([[0] * 7 + [1] * 9 + [2] * 5 + [-1] * 3, [0] * 12 + [1] * 10 + [-1] * 2])
+    branch = torch.tensor([[0, 0, 0, 1, 1, 2, 2] + [0] * 4 + [1] * 3 + [2] * 2 + [0, 0, 1, 1, 2] + [0] * 3,
+                           [0] * 5 + [1] * 4 + [2] * 3 + [0] * 3 + [1] * 7 + [0] * 2]) if branches else None
+    ids = torch.randint(0, 100, seq.shape)
+    positions = torch.arange(seq.shape[1]).expand_as(seq).contiguous()
+    real = seq >= 0
+    outs = []
+    for impl in ("sdpa", "eager"):
+        model = LlamaForCausalLM(cfg) if not outs else outs[0][0]
+        model.config._attn_implementation = impl
+        inputs = packed_attention_inputs(seq, impl, torch.float32, branch)
+        assert (SPANS_KWARG in inputs) == (impl == "sdpa")
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids, position_ids=positions, **inputs).logits
+        (logits[real] * torch.linspace(-1, 1, 100)).sum().backward()
+        outs.append((model, logits[real].detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(outs[0][2], outs[1][2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

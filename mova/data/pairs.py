@@ -213,7 +213,7 @@ class SharedPromptCollator:
     """Pack pairs as prompt / chosen / rejected trees into rows of at most ``max_tokens`` (first-fit)."""
 
     pad_token_id: int
-    max_tokens: int = 512  # DpoConfig.max_tokens_per_row explains the choice
+    max_tokens: int = 4096  # DpoConfig.max_tokens_per_row explains the choice
 
     def __call__(self, batch: list[EncodedPair]) -> dict[str, Any]:
         n = len(batch)
@@ -306,7 +306,8 @@ class PaddedPairCollator:
 PAIR_ENCODINGS = ("shared", "padded")
 
 
-def pair_collator(encoding: str, pad_token_id: int, max_tokens: int = 512) -> SharedPromptCollator | PaddedPairCollator:
+def pair_collator(encoding: str, pad_token_id: int,
+                  max_tokens: int = 4096) -> SharedPromptCollator | PaddedPairCollator:
     """The collator of layout ``encoding`` (DPO, reward models and MetaRM share it)."""
     if encoding not in PAIR_ENCODINGS:
         from mova.errors import UnknownNameError
@@ -336,7 +337,9 @@ def response_logps(model: torch.nn.Module, batch: dict[str, Any], num_pairs: int
     logits = out.logits[batch["score_rows"], where]
     if logits.shape[0] != batch["score_targets"].shape[0]:
         raise ConfigError("the model ignored logits_to_keep; DPO needs a causal LM that supports it")
-    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(1, batch["score_targets"][:, None]).squeeze(1)
+    from mova.trainers.label_loss import token_logprobs  # chunked: no full float32 log-softmax kept for backward
+
+    token_logps = token_logprobs(logits, batch["score_targets"])
     owner = batch["score_owner"]
     sums = torch.zeros(2 * num_pairs, device=token_logps.device, dtype=token_logps.dtype).index_add(
         0, owner, token_logps)

@@ -164,6 +164,27 @@ class MovaTrainer(Trainer):
                                                        for n, g in zip(self.group_names, groups)))
         return self.optimizer
 
+    # --- the language-modelling loss: LM head at label positions only ---------------------------
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """Batches with ``labels`` (align, sft, text SFT) get :func:`~mova.trainers.label_loss.label_loss`: the
+        same loss as ``model(**inputs).loss`` without logits (and their float32 log-softmax) for prompts and
+        visual tokens. Callers that want the outputs (evaluation's ``return_outputs``) and trainers with their
+        own loss function or label smoothing take transformers' path."""
+        if ("labels" not in inputs or return_outputs or self.compute_loss_func is not None
+                or self.label_smoother is not None):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        from mova.trainers.label_loss import label_loss
+
+        n = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        loss = label_loss(model, inputs, n)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and n is not None:
+            # as transformers' Trainer.compute_loss: the gradient all-reduce averages what each rank divided
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size()
+                           if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return loss
+
     # --- evaluation: the method's own loss on held-out batches -----------------------------------
     def prediction_step(self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: list[str] | None = None) -> tuple[torch.Tensor | None, Any, Any]:

@@ -38,10 +38,12 @@ class DpoConfig:
     reference: Literal["copy", "adapters_off", "precomputed"] = "copy"
     #: shared (prompt and image encoded once per pair, responses packed as a tree) | padded.
     pair_encoding: Literal["shared", "padded"] = "shared"
-    #: longest packed row in tokens for pair_encoding=shared (a longer pair gets a row of its own). Attention
-    #: under a dense tree mask costs the square of the row length, so short rows of one or two pairs are the
-    #: fastest (`python benchmarks/dpo.py --only rows` measures the trade-off).
-    max_tokens_per_row: int = bounded(512, ge=16)
+    #: longest packed row in tokens for pair_encoding=shared (a longer pair gets a row of its own). Under sdpa
+    #: attention runs pair by pair (mova.model.packing), so long rows cost no attention and save padding; the
+    #: bound keeps the row's dense fallback mask (rows x length^2 booleans) small. Under eager attention the
+    #: dense mask is what attention computes: short rows are faster there (`python benchmarks/dpo.py --only
+    #: rows` measures the trade-off).
+    max_tokens_per_row: int = bounded(4096, ge=16)
     #: train the fusion network too (the LLM always trains, fully or through LoRA).
     train_fusion: bool = False
 

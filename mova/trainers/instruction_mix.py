@@ -71,8 +71,11 @@ class InstructionMix:
         return self.collate(rows)
 
     def loss(self, model: torch.nn.Module, device: torch.device | str) -> torch.Tensor:
-        """Mean token NLL of the next batch under ``model`` (labels cover the assistant turns only)."""
-        return model(**to_device(self.next_batch(), device)).loss
+        """Mean token NLL of the next batch under ``model`` (labels cover the assistant turns only; the LM head
+        runs at those positions only, :func:`~mova.trainers.label_loss.label_loss`)."""
+        from mova.trainers.label_loss import label_loss
+
+        return label_loss(model, to_device(self.next_batch(), device))
 
     def state_dict(self) -> dict[str, Any]:
         return {"served": self.served, "generator": self._generator.get_state().tolist(), "order": self._order}
