@@ -71,9 +71,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 START = time.perf_counter()
 
 import torch  # noqa: E402
+from _timing import add_reps_argument, interleaved, stat  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 #: dense bf16 peak (FLOP/s) by the name torch gives the chip; MFU's denominator on a GPU.
@@ -126,29 +128,11 @@ def model_dict(shape: str, dtype: str, attn: str = "sdpa") -> dict[str, Any]:
     return data
 
 
-# --- timing: interleaved repetitions, median and spread -----------------------------------------------------------
-# A minimal local form of the shared timing helper the other benchmarks are moving to (one place to unify).
-def interleaved(variants: Sequence[str], reps: int, run: Callable[[str, int], Any]) -> dict[str, list[Any]]:
-    """``run(variant, rep)`` for every variant and repetition, in turns whose order rotates (A B C, B C A, ...),
-    so that drifting load on a shared machine lands on every variant alike."""
-    names = list(variants)
-    out: dict[str, list[Any]] = {n: [] for n in names}
-    for rep in range(reps):
-        k = rep % max(len(names), 1)
-        for name in names[k:] + names[:k]:
-            out[name].append(run(name, rep))
-    return out
-
-
+# --- timing: interleaved repetitions (benchmarks/_timing.py), median and spread ---------------------------------
 def cell(values: Sequence[float], fmt: str = ",.1f") -> str:
-    """``median (min-max)`` of repeated measurements (the value alone when there is one)."""
+    """``median (min-max)`` of the repetitions that produced a number (``n/a`` when none did)."""
     values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return "n/a"
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:{fmt}}"
-    return f"{med:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+    return stat(values).cell(fmt) if values else "n/a"
 
 
 def guarded(run: Callable[[str, int], dict[str, Any]], device: torch.device) -> Callable[[str, int], dict[str, Any]]:
@@ -875,7 +859,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sections", default="sft,dpo,rl", help="comma-separated: sft, dpo, rl (or none)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on a GPU, float32 on a CPU)")
-    p.add_argument("--reps", type=int, default=3, help="repetitions of each variant, in turns (default 3)")
+    add_reps_argument(p)
     p.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of each repetition")
     p.add_argument("--steps", type=int, default=3, help="timed steps per repetition")
     p.add_argument("--workers", type=int, default=None, help="dataloader workers (default: 4 on a GPU, 0 on a CPU)")
