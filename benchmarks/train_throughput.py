@@ -34,7 +34,7 @@ Repetitions: ``--reps`` rounds (default 3) of ``--steps`` timed steps per varian
 step by step (``benchmarks/_timing.py`` says why); each cell is the median over rounds with its min-max, and
 each ratio is a ratio of medians with the range of the per-round ratios.
 
-Loss: the trainers' (:func:`mova.trainers.label_loss.label_loss`: the LM head at label positions only, a
+Loss: the trainers' (:func:`mova.model.label_loss.label_loss`: the LM head at label positions only, a
 chunked cross-entropy). ``--memory`` compares it with the model's own full-logits loss
 (``model(**batch).loss``) on the same batches: peak memory a step adds (the process RSS sampled every 2 ms on
 a CPU, minus the RSS before the step; CUDA's allocator peak on a GPU) and speed. Its default config is
@@ -83,9 +83,9 @@ from mova.data.llava import (  # noqa: E402
     PackedCollator,
 )
 from mova.model.builder import build_model  # noqa: E402
+from mova.model.label_loss import label_loss  # noqa: E402
 from mova.model.modeling_mova import MovaForCausalLM  # noqa: E402
 from mova.presets import preset_dict  # noqa: E402
-from mova.trainers.label_loss import label_loss  # noqa: E402
 
 #: dense bf16 peak of the chips this is run on (H100 / H200 SXM), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}

@@ -1,4 +1,4 @@
-"""The label-position loss (:mod:`mova.trainers.label_loss`) against the model's own full-logits loss.
+"""The label-position loss (:mod:`mova.model.label_loss`) against the model's own full-logits loss.
 
 Both paths see the same random model and batch; the loss and every parameter's gradient must agree (the
 full path is transformers' ``ForCausalLMLoss`` over ``[batch, length, vocab]`` logits, an independent
@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from mova.data.llava import LlavaDataset, MovaCollator, PackedCollator, read_records
 from mova.model.builder import build_model
-from mova.trainers.label_loss import chunked_cross_entropy, label_loss, label_positions, token_logprobs
+from mova.model.label_loss import chunked_cross_entropy, label_loss, label_positions, token_logprobs
 from tests.conftest import tiny_model_config
 from tests.llava_fixtures import write_llava_dataset
 

@@ -337,7 +337,7 @@ def response_logps(model: torch.nn.Module, batch: dict[str, Any], num_pairs: int
     logits = out.logits[batch["score_rows"], where]
     if logits.shape[0] != batch["score_targets"].shape[0]:
         raise ConfigError("the model ignored logits_to_keep; DPO needs a causal LM that supports it")
-    from mova.trainers.label_loss import token_logprobs  # chunked: no full float32 log-softmax kept for backward
+    from mova.model.label_loss import token_logprobs  # chunked: no full float32 log-softmax kept for backward
 
     token_logps = token_logprobs(logits, batch["score_targets"])
     owner = batch["score_owner"]

@@ -167,7 +167,7 @@ class MovaTrainer(Trainer):
     # --- the language-modelling loss: LM head at label positions only ---------------------------
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        """Batches with ``labels`` (align, sft, text SFT) get :func:`~mova.trainers.label_loss.label_loss`: the
+        """Batches with ``labels`` (align, sft, text SFT) get :func:`~mova.model.label_loss.label_loss`: the
         same loss as ``model(**inputs).loss`` without logits (and their float32 log-softmax) for prompts and
         visual tokens. Callers that want the outputs (evaluation's ``return_outputs``) and trainers with their
         own loss function or label smoothing take transformers' path."""
@@ -175,7 +175,7 @@ class MovaTrainer(Trainer):
                 or self.label_smoother is not None):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
-        from mova.trainers.label_loss import label_loss
+        from mova.model.label_loss import label_loss
 
         n = num_items_in_batch if self.model_accepts_loss_kwargs else None
         loss = label_loss(model, inputs, n)

@@ -72,8 +72,8 @@ class InstructionMix:
 
     def loss(self, model: torch.nn.Module, device: torch.device | str) -> torch.Tensor:
         """Mean token NLL of the next batch under ``model`` (labels cover the assistant turns only; the LM head
-        runs at those positions only, :func:`~mova.trainers.label_loss.label_loss`)."""
-        from mova.trainers.label_loss import label_loss
+        runs at those positions only, :func:`~mova.model.label_loss.label_loss`)."""
+        from mova.model.label_loss import label_loss
 
         return label_loss(model, to_device(self.next_batch(), device))
 
