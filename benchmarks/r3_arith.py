@@ -220,7 +220,8 @@ def smol_sft(model_dir: str, data: Path, out: Path, steps: int, lr: float, seed:
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    records = [{"prompt": user_turn_prompt(tok, SMOL_PROMPT.format(question=r.question).rstrip("\n")) + "\n",
+    # exactly the prompt R3's k = 0 start state and the evaluation put to the model (no newline after it)
+    records = [{"prompt": user_turn_prompt(tok, SMOL_PROMPT.format(question=r.question).rstrip("\n")),
                 "answer": r.gsm8k_answer()} for r in load_reasoning(data, split="train")]
     cfg = TrainConfig(max_steps=steps, per_device_train_batch_size=8, learning_rate=lr, warmup_ratio=0.0,
                       logging_steps=5, save_steps=10 * steps, report_to=[], seed=seed,

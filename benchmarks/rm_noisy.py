@@ -17,7 +17,8 @@ each text (the prompt and one answer) goes through the LM once, its last-token h
 (``features-seedS.safetensors``), and every method trains a linear reward head on the cached features with
 Mova's reward-model loss (:func:`mova.trainers.rm_loss.rm_loss`; flipping with
 :func:`~mova.trainers.rm_loss.weakest_pairs`). Preference strength comes from an ensemble of ``--models`` heads
-trained with plain BT on the noisy labels (as ``compute_strength`` does for whole models). ``tiny`` names a random
+trained with plain BT on the noisy labels (as ``compute_strength`` does for whole models; ``--holdout`` as there).
+``tiny`` names a random
 2-layer model for the smoke run.
 
 Label flipping swaps the pairs the ensemble puts below zero (``flip_fraction`` = the share of negative
@@ -149,6 +150,7 @@ def run_features(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from mova.data.strength import holdout_folds
     from mova.data.synthetic_prefs import make_pairs
     from mova.model.known_models import resolve_known
     from mova.trainers.rm_loss import weakest_pairs
@@ -196,9 +198,17 @@ def run_features(args: argparse.Namespace) -> int:
             noisy = torch.tensor([r["label_noise"] for r in make_pairs(args.train, seed, noise, prefix="train")])
             fc = torch.where(noisy[:, None], norm["train_r"], norm["train_c"])
             fr = torch.where(noisy[:, None], norm["train_c"], norm["train_r"])
-            ens = [train_head(fc, fr, args.strength_steps, args.lr, 1000 * seed + k) for k in range(args.models)]
-            with torch.no_grad():
-                strength = torch.stack([(h(fc) - h(fr)).squeeze(-1) for h in ens]).mean(0)
+            folds = holdout_folds(len(fc), args.models, args.holdout, seed) if args.holdout > 0 else None
+            diffs = torch.full((args.models, len(fc)), float("nan"))
+            for k in range(args.models):
+                rows = torch.tensor(folds[k]) if folds is not None else torch.arange(len(fc))
+                h = train_head(fc[rows], fr[rows], args.strength_steps, args.lr, 1000 * seed + k)
+                with torch.no_grad():
+                    d = (h(fc) - h(fr)).squeeze(-1)
+                if folds is not None:  # a pair's strength only from heads that never trained on it
+                    d[rows] = float("nan")
+                diffs[k] = d
+            strength = diffs.nanmean(0)
             neg = strength < 0
             found[str(noise)].append((int((neg & noisy).sum()), int(noisy.sum()), float(neg.float().mean())))
             for method in methods:
@@ -229,7 +239,8 @@ def run_features(args: argparse.Namespace) -> int:
     table = "\n".join(lines)
     print(f"\nHeld-out accuracy on clean pairs, linear reward heads on {args.model} last-token features "
           f"(mean ± std over seeds {seeds}; {args.train} training / {args.test} test pairs, {args.steps} steps, "
-          f"lr {args.lr}, batch 16, ensemble of {args.models} x {args.strength_steps} steps; features "
+          f"lr {args.lr}, batch 16, ensemble of {args.models} x {args.strength_steps} steps, holdout {args.holdout}; "
+          "features "
           f"{feature_seconds:.0f} s, total {time.perf_counter() - started:.0f} s)\n")
     print(table)
     print("\n| flipped | flipped pairs the ensemble put below zero | pairs below zero |\n|---|---|---|")

@@ -19,6 +19,7 @@ two held-out templates of every task. One DPO run per learning rate in ``--lrs``
 LoRA rank), each evaluated.
 
     python benchmarks/smol_safety_dpo.py                  # SmolLM2, lrs 1e-4 and 5e-4, 40 steps each
+    python benchmarks/smol_safety_dpo.py --lrs 2e-4 --rpo-alpha 1   # DPO + the chosen answers' NLL (RPO)
     python benchmarks/smol_safety_dpo.py --quick          # smoke run on a random 2-layer model, seconds
 """
 
@@ -95,7 +96,7 @@ def train(args: argparse.Namespace, model: str, pairs_path: Path, out: Path, lr:
         f"train.max_steps={args.steps}", f"train.per_device_train_batch_size={args.batch}",
         f"train.learning_rate={lr}", "train.save_steps=0", "train.logging_steps=5", "train.report_to=[]",
         f"train.seed={args.seed}", f"dpo.beta={args.beta}", f"train.lora.r={args.lora_r}",
-        f"train.lora.alpha={2 * args.lora_r}"], stage="dpo")
+        f"train.lora.alpha={2 * args.lora_r}", f"dpo.rpo_alpha={args.rpo_alpha}"], stage="dpo")
     return run_dpo(cfg)
 
 
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--rpo-alpha", type=float, default=0.0, help="weight of the chosen answers' NLL (RPO); 0: DPO")
     p.add_argument("--max-new-tokens", type=int, default=24, help="per answer to a request (a refusal opens it)")
     p.add_argument("--arith-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=40, help="generation batch")
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         secs = time.perf_counter() - t0
         result = evaluate(summary["final_model"], harmful, benign, arith, args)
         last = summary.get("last_metrics", {})
-        rows.append((f"DPO lr {lr:g}", secs, result, last))
+        name = f"DPO lr {lr:g}" + (f" + NLL (rpo_alpha {args.rpo_alpha:g})" if args.rpo_alpha else "")
+        rows.append((name, secs, result, last))
         print(f"lr {lr:g}: trained in {secs:.0f} s, evaluated in {result['eval_seconds']:.0f} s: harmful refused "
               f"{result['harmful_refusal']:.3f}, benign refused {result['benign_refusal']:.3f}, arithmetic "
               f"{result['arith_accuracy']:.3f}; last metrics "
