@@ -7,13 +7,17 @@ them only and the printed speed-up is the load's, not the code's. Running the va
 them; the median of the repetitions drops the odd disturbed one, and the spread (min-max) printed beside
 it says how much to trust the median. A ratio between variants is the ratio of their medians.
 
-Every benchmark that prints a speed-up or a ratio uses this module (``--reps``, default 3).
+Every benchmark that prints a speed-up or a ratio uses this module (``--reps``, default 3). Peak memory
+over a block is measured here too (:class:`PeakMemory`), one way for every benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import statistics
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -95,4 +99,59 @@ def ratio_cell(num: Stat, den: Stat, fmt: str = ".2f") -> str:
     return f"{r:{fmt}}x ({min(pairs):{fmt}}-{max(pairs):{fmt}})"
 
 
-__all__ = ["DEFAULT_REPS", "Stat", "add_reps_argument", "interleaved", "ratio", "ratio_cell", "stat"]
+def trim_heap() -> None:
+    """Hand freed heap back to the OS so that RSS shows the next block's own working set (glibc only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak memory over a ``with`` block, in bytes: the CUDA allocator's peak on a GPU; on a CPU the process's
+    resident set size, sampled every ``interval`` seconds by a thread (a step's transient activations live for
+    milliseconds, so a coarse interval misses them).
+
+    ``start`` is the memory at entry (allocated bytes on a GPU, RSS on a CPU), so ``peak - start`` is what the
+    block added; ``trim=True`` first returns freed heap to the OS, so that ``start`` is not inflated by what an
+    earlier block freed but the allocator kept.
+    """
+
+    def __init__(self, device: Any, interval: float = 0.002, trim: bool = True):
+        self.device, self.interval, self.trim = device, interval, trim
+        self.peak = self.start = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+            return self
+        import psutil
+
+        if self.trim:
+            trim_heap()
+        proc = psutil.Process()
+        self.peak = self.start = proc.memory_info().rss
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval):
+                self.peak = max(self.peak, proc.memory_info().rss)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+
+__all__ = ["DEFAULT_REPS", "PeakMemory", "Stat", "add_reps_argument", "interleaved", "ratio", "ratio_cell", "stat",
+           "trim_heap"]

@@ -60,7 +60,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -75,7 +74,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 START = time.perf_counter()
 
 import torch  # noqa: E402
-from _timing import add_reps_argument, interleaved, stat  # noqa: E402
+from _timing import PeakMemory, add_reps_argument, interleaved, stat  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 #: dense bf16 peak (FLOP/s) by the name torch gives the chip; MFU's denominator on a GPU.
@@ -185,37 +184,6 @@ def peak_flops(device: torch.device, dtype: torch.dtype, clock: Callable[[], flo
     value = 2 * n**3 / best
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     return value, f"{where}: measured {n}x{n} {str(dtype).replace('torch.', '')} matmul {value / 1e9:,.1f} GFLOP/s"
-
-
-class PeakMemory:
-    """Peak memory over a block: CUDA's allocator peak, or the process RSS sampled every 10 ms on a CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak, self._stop = device, 0, threading.Event()
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return self
-        import psutil
-
-        proc = psutil.Process()
-        self.peak = proc.memory_info().rss
-
-        def sample() -> None:
-            while not self._stop.wait(0.01):
-                self.peak = max(self.peak, proc.memory_info().rss)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
 
 
 # --- data ----------------------------------------------------------------------------------------------------------
@@ -509,7 +477,7 @@ class SftBench:
             model=self.model, args=training_arguments(cfg), train_dataset=dataset,
             data_collator=data_collator(cfg, self.processor.tokenizer.pad_token_id),
             group_by_modality_length=cfg.data.group_by_modality_length, part_options=part_options(cfg.train))
-        with PeakMemory(args.device) as mem, profile or contextlib.nullcontext():
+        with PeakMemory(args.device, interval=0.01, trim=False) as mem, profile or contextlib.nullcontext():
             trainer.train()
         del trainer
         free(args.device)
@@ -634,7 +602,7 @@ class DpoBench:
             data_collator=pair_collator(encoding, self.processor.pad_token_id(), cfg.dpo.max_tokens_per_row),
             group_by_modality_length=cfg.data.group_by_modality_length, part_options=part_options(cfg.train),
             dpo=cfg.dpo, kind=self.kind, ref_model=self.ref, ref_logps=self.ref_logps)
-        with PeakMemory(self.args.device) as mem:
+        with PeakMemory(self.args.device, interval=0.01, trim=False) as mem:
             trainer.train()
         del trainer
         free(self.args.device)
@@ -706,7 +674,7 @@ def section_rl(args: argparse.Namespace, root: Path, report: Report) -> None:
         trainer = rl_trainer(method, args, root)
         for _ in range(args.warmup):
             rl_iteration(trainer)
-        with PeakMemory(args.device) as mem:
+        with PeakMemory(args.device, interval=0.01, trim=False) as mem:
             its = [rl_iteration(trainer) for _ in range(args.reps)]
         total = [i["generate"] + i["score"] + i["train"] for i in its]
         share = [100 * i["generate"] / t for i, t in zip(its, total)]
@@ -749,7 +717,7 @@ def memory_row(args: argparse.Namespace, row: str, root: Path) -> dict[str, floa
     stage = row.split(":")[0]
     overrides = [o for o in MEMORY_ROWS[row] if o != "cached"]
     base_rss = _rss()
-    with PeakMemory(args.device) as mem:
+    with PeakMemory(args.device, interval=0.01, trim=False) as mem:
         if stage == "sft":
             lora = next((int(o.split("=")[1]) for o in overrides if o.startswith("train.lora.r=")), 0)
             bench = SftBench(args, root, lora=lora)

@@ -105,7 +105,7 @@ class Peak:
 
     def __init__(self) -> None:
         import torch
-        from train_throughput import PeakMemory  # the sampler the throughput benchmark uses
+        from _timing import PeakMemory  # the sampler every benchmark uses
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.inner = PeakMemory(self.device)

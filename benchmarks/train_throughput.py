@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import math
@@ -61,7 +60,6 @@ import os
 import random
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _timing import add_reps_argument, ratio_cell, stat  # noqa: E402
+from _timing import PeakMemory, add_reps_argument, ratio_cell, stat  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from mova.config import DataConfig, ModelConfig, apply_overrides, from_dict  # noqa: E402
@@ -221,45 +219,6 @@ def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -
 
 
 # --- timing --------------------------------------------------------------------------------------
-def _trim_heap() -> None:
-    """Hand freed heap back to the OS so that RSS shows the next step's own working set (glibc only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class PeakMemory:
-    """Peak memory over a block: CUDA's allocator peak, or the process RSS sampled every 2 ms on a CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak, self.start, self._stop = device, 0, 0, threading.Event()
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            import psutil
-
-            _trim_heap()
-            proc = psutil.Process()
-            self.peak = self.start = proc.memory_info().rss
-
-            def sample() -> None:
-                while not self._stop.wait(0.002):
-                    self.peak = max(self.peak, proc.memory_info().rss)
-
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-
-
 def step_flops(model: MovaForCausalLM, batch: dict[str, Any], train_llm: bool, live_experts: bool) -> float:
     """Model FLOPs of one step (see the module docstring for what is counted)."""
     llm_params = sum(p.numel() for p in model.language_model.parameters()) - model.get_input_embeddings().weight.numel()

@@ -189,6 +189,31 @@ def test_resume_after_kill_continues_at_next_task(mini, tmp_path):
     assert seen == [0, 1, 2]
 
 
+def test_probe_with_chat_template_puts_each_prompt_in_a_user_turn(mini, tmp_path):
+    """A probe with ``chat_template: true`` reaches the model as a user turn of its template; the default and
+    the tasks themselves stay raw."""
+    from mova.continual.loop import _score_probes
+    from mova.inference.generation import load_model
+
+    probe = mini / "data" / "numeric" / "test.json"
+    ev = EvalOptions(limit=3, batch_size=8, max_new_tokens=3, probes=[
+        {"name": "raw", "path": str(probe), "metric": "accuracy", "max_new_tokens": 2, "limit": 2},
+        {"name": "chat", "path": str(probe), "metric": "accuracy", "max_new_tokens": 2, "limit": 2,
+         "chat_template": True}])
+    cfg = ContinualConfig(model=str(mini / "base"), tasks_dir=str(mini / "data"), output_dir=str(tmp_path),
+                          eval=ev)
+    model, tok = load_model(str(mini / "base"), device="cpu")
+    scores = _score_probes(cfg, build_strategy("seqft", cfg, task_order(cfg.tasks_dir), tmp_path), model, tok,
+                           tmp_path)
+    assert set(scores) == {"raw", "chat"}
+    gold = [r["prompt"] for r in json.loads(probe.read_text())[:2]]
+    raw = [json.loads(line)["prompt"] for line in (tmp_path / "probe_raw.jsonl").open()]
+    chat = [json.loads(line)["prompt"] for line in (tmp_path / "probe_chat.jsonl").open()]
+    assert raw == gold
+    # the tiny tokenizer's template: "USER: <text>\nASSISTANT:"
+    assert chat == [f"USER: {g}\nASSISTANT:" for g in gold]
+
+
 # --- end to end through the command line -----------------------------------------------------------
 
 def test_mova_train_continual_cli(mini, tmp_path, capsys):

@@ -76,6 +76,10 @@ class Probe:
     metric: str = "accuracy"
     max_new_tokens: int = 64
     limit: int | None = None
+    #: put each prompt to the model as one user turn of its own chat template: an instruct model reads a raw
+    #: "Question: ... Answer:" as text to continue, so its general ability is only seen through its template.
+    #: Task prompts stay raw (the continual loop trains on them as they are).
+    chat_template: bool = False
 
 
 @dataclass

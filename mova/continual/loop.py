@@ -66,11 +66,18 @@ def _score_tasks(cfg: ContinualConfig, strategy: Strategy, tasks: list[TraceTask
 
 def _score_probes(cfg: ContinualConfig, strategy: Strategy, model: Any, tokenizer: Any, out: Path
                   ) -> dict[str, float]:
+    from mova.model.processing_text import as_processor
+    from mova.model.templates import user_turn_prompt
+
     generate = model_generate_fn(model, tokenizer, cfg.eval.batch_size)
     scores = {}
     for p in cfg.probes():
         extra = cfg.rcl.max_new_tokens if strategy.answer_marker else 0
-        scores[p.name] = evaluate_records(generate, read_split(Path(p.path), p.limit), p.metric,
+        records = read_split(Path(p.path), p.limit)
+        if p.chat_template:
+            tok = as_processor(tokenizer).tokenizer
+            records = [{**r, "prompt": user_turn_prompt(tok, r["prompt"])} for r in records]
+        scores[p.name] = evaluate_records(generate, records, p.metric,
                                           max_new_tokens=p.max_new_tokens + extra,
                                           answer_marker=strategy.answer_marker, out_path=out / f"probe_{p.name}.jsonl")
     return scores
