@@ -360,3 +360,11 @@ def test_smol_problems_hold_out_phrasings_and_solve_right():
             assert (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c) >= 0
             value = int(c)
         assert lines[-1] == f"#### {value}"
+
+
+def test_smol_continual_quick(tmp_path):
+    out = run_quick("smol_continual.py", "--out", str(tmp_path / "continual"), cwd=tmp_path).stdout
+    for name in ("seqft", "replay", "lora", "rcl"):
+        assert f"| {name} |" in out
+    report = json.loads((tmp_path / "continual" / "report.json").read_text())
+    assert set(report) == {"seqft", "replay", "lora", "rcl"} and all(r["complete"] for r in report.values())
