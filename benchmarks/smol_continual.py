@@ -17,7 +17,8 @@ self-teacher (as in STaR-style self-training), not with the paper's GPT-4 teache
 
 Each strategy runs as its own ``mova train continual`` process on one shared config (written to
 ``OUT/continual.yaml``, so any row can be re-run by hand); LoRA gets its own learning rate. ``--jobs 2`` runs
-two at a time (one thread each). A killed run resumes: every finished task is kept.
+two at a time (one thread each). A killed run resumes: every finished task is kept; a run with other
+arguments in the same ``--out`` starts afresh.
 
     python benchmarks/smol_continual.py                 # SmolLM2, seqft/replay/lora/rcl
     python benchmarks/smol_continual.py --jobs 2        # two strategies at a time
@@ -148,13 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.out == p.get_default("out"):
             args.out = "runs/smol_continual_quick"
 
+    from mova.artifacts import claim
     from mova.continual.loop import results_of
     from mova.continual.report import markdown_table, write_reports
     from mova.data.trace_mini import write_mini_trace
 
     start = time.perf_counter()
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    # The loop resumes each strategy from its state.json: only a run with the same arguments may reuse them.
+    claim(out, {k: v for k, v in vars(args).items() if k not in ("jobs", "out")})
     data = write_mini_trace(out / "trace_mini", n_train=args.train, n_eval=4, n_test=args.test,
                             tasks=args.tasks.split(","), seed=args.seed)
     probe = write_probe(out / "probe_arithmetic.json", args.probe, args.seed)
